@@ -1,0 +1,140 @@
+//! The CPU backend: a complete, readable implementation of every op. It is the oracle the GPU
+//! kernels are checked against, and is itself checked against PyTorch goldens (`tests/fixtures`).
+//! Reductions accumulate in f64 so the oracle is more accurate than any kernel it judges.
+
+mod attention;
+mod elementwise;
+mod embed;
+pub mod matmul;
+mod norm;
+mod topk;
+
+use crate::device::{Backend, DeviceInfo};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::shape::Shape;
+use crate::tensor::{HostData, Storage, Tensor, TensorData};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend {}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend {}
+    }
+
+    pub fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            kind: "cpu",
+            name: std::env::consts::ARCH.to_string(),
+            backend: "cpu".into(),
+            device_type: "Cpu".into(),
+            max_storage_buffer_binding_size: u64::MAX,
+            max_buffer_size: u64::MAX,
+            max_compute_workgroup_storage_size: 0,
+            max_compute_invocations_per_workgroup: 0,
+            shader_f16: false,
+            threads: threads(),
+        }
+    }
+}
+
+/// Worker threads the CPU path uses (rayon's pool natively; 1 in wasm).
+pub fn threads() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        1
+    }
+}
+
+fn host<'a>(t: &'a Tensor) -> Result<&'a HostData> {
+    match &t.storage {
+        Storage::Cpu(d) => Ok(d),
+        Storage::Gpu(_) => Err(Error::WrongDevice { wanted: "cpu", found: "gpu" }),
+    }
+}
+
+impl Backend for CpuBackend {
+    fn upload(&self, data: &TensorData) -> Result<Tensor> {
+        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Cpu(Arc::new(data.data().clone())) })
+    }
+
+    async fn download(&self, t: &Tensor) -> Result<TensorData> {
+        TensorData::new(t.dims(), host(t)?.clone())
+    }
+
+    fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let views = inputs.iter().map(|t| Ok((t.shape, host(t)?))).collect::<Result<Vec<_>>>()?;
+        let outs = run_views(op, &views)?;
+        Ok(outs
+            .into_iter()
+            .map(|d| Tensor { shape: *d.shape(), dtype: d.dtype(), storage: Storage::Cpu(Arc::new(d.into_data())) })
+            .collect())
+    }
+
+    fn supports(&self, _op: &Op, _dtype: DType) -> bool {
+        true
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `op` on host data: the reference semantics of the op table.
+pub fn run(op: &Op, inputs: &[&TensorData]) -> Result<Vec<TensorData>> {
+    let views: Vec<(Shape, &HostData)> = inputs.iter().map(|d| (*d.shape(), d.data())).collect();
+    run_views(op, &views)
+}
+
+fn f32s(d: &HostData) -> &[f32] {
+    match d {
+        HostData::F32(v) => v,
+        _ => unreachable!("Op::infer checked the dtype"),
+    }
+}
+
+fn u32s(d: &HostData) -> &[u32] {
+    match d {
+        HostData::U32(v) => v,
+        _ => unreachable!("Op::infer checked the dtype"),
+    }
+}
+
+fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> {
+    let metas: Vec<_> = inputs.iter().map(|(s, d)| (*s, d.dtype())).collect();
+    let outs = op.infer(&metas)?;
+    let out_shape = outs[0].0;
+    let x = |i: usize| f32s(inputs[i].1);
+    let one = |v: Vec<f32>| Ok(vec![TensorData::f32(out_shape.dims(), v)?]);
+    match *op {
+        Op::Matmul { trans_b } => {
+            one(matmul::matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, trans_b, inputs.get(2).map(|b| f32s(b.1))))
+        }
+        Op::Add => one(elementwise::broadcast(x(0), x(1), |a, b| a + b)),
+        Op::Mul => one(elementwise::broadcast(x(0), x(1), |a, b| a * b)),
+        Op::Scale { alpha } => one(x(0).iter().map(|v| alpha * v).collect()),
+        Op::Axpy { alpha } => one(x(0).iter().zip(x(1)).map(|(a, b)| alpha * a + b).collect()),
+        Op::Softmax => one(norm::softmax(x(0), out_shape.last())),
+        Op::LayerNorm { eps } => one(norm::layer_norm(x(0), x(1), Some(x(2)), eps, true)),
+        Op::RmsNorm { eps } => one(norm::layer_norm(x(0), x(1), None, eps, false)),
+        Op::Gelu(kind) => one(x(0).iter().map(|&v| elementwise::gelu(v, kind)).collect()),
+        Op::Silu => one(x(0).iter().map(|&v| elementwise::silu(v)).collect()),
+        Op::Embedding => one(embed::embedding(&inputs[0].0, inputs[0].1, u32s(inputs[1].1))),
+        Op::Rope { theta } => one(embed::rope(x(0), &inputs[0].0, u32s(inputs[1].1), theta)),
+        Op::Attention { causal, scale } => {
+            let mask = inputs.get(3).map(|m| u32s(m.1));
+            one(attention::attention(&inputs[0].0, x(0), &inputs[1].0, x(1), &inputs[2].0, x(2), mask, causal, scale))
+        }
+        Op::TopK { k } => {
+            let (vals, idx) = topk::topk(x(0), inputs[0].0.last(), k);
+            Ok(vec![TensorData::f32(out_shape.dims(), vals)?, TensorData::u32(outs[1].0.dims(), idx)?])
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The user-facing [`Device`]: a closed enum over the two backends, and the small internal
+//! [`Backend`] trait they both implement.
+
+use crate::cpu::CpuBackend;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::GpuBackend;
+use crate::op::Op;
+use crate::tensor::{Tensor, TensorData};
+use std::str::FromStr;
+
+/// What a backend does. Recording work (`exec`) is synchronous; reading results back is async on
+/// every target, because WebGPU can only map buffers asynchronously.
+pub(crate) trait Backend {
+    fn upload(&self, data: &TensorData) -> Result<Tensor>;
+    async fn download(&self, t: &Tensor) -> Result<TensorData>;
+    fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>>;
+    fn supports(&self, op: &Op, dtype: DType) -> bool;
+    /// Submits recorded work. A no-op on the CPU.
+    fn flush(&self) -> Result<()>;
+}
+
+/// The caller's device choice, as the CLI's `--device` and the JS `device` option spell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "gpu" | "webgpu" => Ok(DeviceChoice::Gpu),
+            _ => Err(Error::InvalidParam {
+                op: "device",
+                reason: format!("'{s}' is not one of auto, cpu, gpu (or webgpu)"),
+            }),
+        }
+    }
+}
+
+/// Facts about a device, for `taskloom devices` and `Runtime.info()` in JS.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// "cpu" or "gpu".
+    pub kind: &'static str,
+    /// Adapter or CPU name.
+    pub name: String,
+    /// wgpu backend ("vulkan", "metal", "dx12", "gl", "webgpu") or "cpu".
+    pub backend: String,
+    /// "DiscreteGpu", "IntegratedGpu", "Cpu" (software adapters such as lavapipe), ...
+    pub device_type: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub shader_f16: bool,
+    pub threads: usize,
+}
+
+/// A place to run ops: the CPU (always there, the reference for every kernel) or a GPU through wgpu
+/// (Vulkan/Metal/DX12 natively, WebGPU in the browser).
+#[derive(Clone, Debug)]
+pub enum Device {
+    Cpu(CpuBackend),
+    Gpu(GpuBackend),
+}
+
+impl Device {
+    pub fn cpu() -> Device {
+        Device::Cpu(CpuBackend::new())
+    }
+
+    /// The first GPU adapter wgpu finds (high performance preferred), or [`Error::NoAdapter`].
+    pub async fn gpu() -> Result<Device> {
+        Ok(Device::Gpu(GpuBackend::new().await?))
+    }
+
+    /// A GPU when one exists, else the CPU.
+    pub async fn best() -> Device {
+        match Device::gpu().await {
+            Ok(d) => d,
+            Err(_) => Device::cpu(),
+        }
+    }
+
+    /// `Auto` → [`Device::best`]; `Gpu` fails with [`Error::NoAdapter`] rather than falling back.
+    pub async fn from_choice(choice: DeviceChoice) -> Result<Device> {
+        match choice {
+            DeviceChoice::Auto => Ok(Device::best().await),
+            DeviceChoice::Cpu => Ok(Device::cpu()),
+            DeviceChoice::Gpu => Device::gpu().await,
+        }
+    }
+
+    /// "cpu" or "gpu".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "cpu",
+            Device::Gpu(_) => "gpu",
+        }
+    }
+
+    pub fn info(&self) -> DeviceInfo {
+        match self {
+            Device::Cpu(c) => c.info(),
+            Device::Gpu(g) => g.info(),
+        }
+    }
+
+    /// Copies host data to the device.
+    pub fn upload(&self, data: &TensorData) -> Result<Tensor> {
+        match self {
+            Device::Cpu(b) => b.upload(data),
+            Device::Gpu(b) => b.upload(data),
+        }
+    }
+
+    /// Reads a tensor back to the host (submits pending GPU work first).
+    pub async fn download(&self, t: &Tensor) -> Result<TensorData> {
+        match self {
+            Device::Cpu(b) => b.download(t).await,
+            Device::Gpu(b) => b.download(t).await,
+        }
+    }
+
+    /// Runs one op. On the GPU this records the work; it is submitted on [`Device::flush`] or the
+    /// next download, so a whole forward pass goes to the queue as one command buffer.
+    pub fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+        match self {
+            Device::Cpu(b) => b.exec(op, inputs),
+            Device::Gpu(b) => b.exec(op, inputs),
+        }
+    }
+
+    /// [`Device::exec`] for ops with exactly one output.
+    pub fn exec1(&self, op: &Op, inputs: &[&Tensor]) -> Result<Tensor> {
+        let mut v = self.exec(op, inputs)?;
+        debug_assert_eq!(v.len(), 1, "{} has {} outputs", op.name(), v.len());
+        Ok(v.swap_remove(0))
+    }
+
+    pub fn supports(&self, op: &Op, dtype: DType) -> bool {
+        match self {
+            Device::Cpu(b) => b.supports(op, dtype),
+            Device::Gpu(b) => b.supports(op, dtype),
+        }
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        match self {
+            Device::Cpu(b) => b.flush(),
+            Device::Gpu(b) => b.flush(),
+        }
+    }
+
+    /// Upload, run one op, download every output: the convenience used by tests and bindings.
+    pub async fn run(&self, op: &Op, inputs: &[&TensorData]) -> Result<Vec<TensorData>> {
+        let ts = inputs.iter().map(|d| self.upload(d)).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Tensor> = ts.iter().collect();
+        let outs = self.exec(op, &refs)?;
+        let mut res = Vec::with_capacity(outs.len());
+        for o in &outs {
+            res.push(self.download(o).await?);
+        }
+        Ok(res)
+    }
+}

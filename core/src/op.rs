@@ -1,0 +1,275 @@
+//! The op table: every computation a backend performs. The same name is used for the `Op` variant,
+//! the CPU function (`cpu::<family>`), the WGSL file (`shaders/<name>.wgsl`) and the conformance cases,
+//! so one grep finds all of an op.
+//!
+//! Shapes use: B batch, H heads, T tokens, C channels, D head dim, M/N/K matmul dims, V vocabulary.
+//! All activations are f32; weights (matmul `b`, embedding tables) may be f32, f16 or bf16.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::shape::Shape;
+
+/// GELU form: exact (erf) as in `nn.GELU()`, or the tanh approximation (`approximate="tanh"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GeluKind {
+    Erf,
+    Tanh,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// `a [.., M, K] f32` times `b` (`[.., K, N]`, or `[.., N, K]` with `trans_b`; f32/f16/bf16;
+    /// rank 2 is shared by every batch) plus an optional third input `bias [N] f32` → `[.., M, N] f32`.
+    Matmul { trans_b: bool },
+    /// `a + b`, `b`'s shape a suffix of `a`'s (broadcast over leading dims).
+    Add,
+    /// `a * b`, broadcast as [`Op::Add`].
+    Mul,
+    /// `alpha * x`.
+    Scale { alpha: f32 },
+    /// `alpha * x + y` for inputs `(x, y)` of one shape.
+    Axpy { alpha: f32 },
+    /// Numerically stable softmax over the last dimension.
+    Softmax,
+    /// `(x - mean) / sqrt(var + eps) * gamma + beta` over the last dim; inputs `(x, gamma [C], beta [C])`.
+    LayerNorm { eps: f32 },
+    /// `x / sqrt(mean(x²) + eps) * gamma` over the last dim; inputs `(x, gamma [C])`.
+    RmsNorm { eps: f32 },
+    Gelu(GeluKind),
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// Inputs `(table [V, C] f32/f16/bf16, ids [..] u32)` → `[.., C] f32`. Ids `>= V` give zero rows.
+    Embedding,
+    /// Rotary embedding, HF rotate-half convention, on `x [.., T, D]` with `positions [T] u32`:
+    /// for `i < D/2`, angle `= pos * theta^(-2i/D)`, `out[i] = x[i]cos - x[i+D/2]sin`,
+    /// `out[i+D/2] = x[i+D/2]cos + x[i]sin`.
+    Rope { theta: f32 },
+    /// Scaled dot-product attention. Inputs `q [B, Hq, Tq, D]`, `k [B, Hkv, Tk, D]`,
+    /// `v [B, Hkv, Tk, Dv]`, optional `mask [B, Tk] u32` (0 = padding) → `[B, Hq, Tq, Dv]`.
+    /// Query head `h` reads kv head `h / (Hq / Hkv)` (grouped-query). With `causal`, query `i` sits at
+    /// absolute position `Tk - Tq + i` and sees keys `j <= Tk - Tq + i`. A row with no visible key gives 0.
+    Attention { causal: bool, scale: f32 },
+    /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
+    /// ties broken by lower index.
+    TopK { k: usize },
+}
+
+macro_rules! op_kinds {
+    ($($name:ident),* $(,)?) => {
+        /// The op table without parameters: one entry per [`Op`] variant.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum OpKind { $($name),* }
+        impl OpKind {
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$name),*];
+            pub fn name(self) -> &'static str {
+                match self { $(OpKind::$name => stringify!($name)),* }
+            }
+        }
+    };
+}
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, TopK);
+
+/// What an op is given and returns: shape and dtype per tensor.
+pub type Meta = (Shape, DType);
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Matmul { .. } => OpKind::Matmul,
+            Op::Add => OpKind::Add,
+            Op::Mul => OpKind::Mul,
+            Op::Scale { .. } => OpKind::Scale,
+            Op::Axpy { .. } => OpKind::Axpy,
+            Op::Softmax => OpKind::Softmax,
+            Op::LayerNorm { .. } => OpKind::LayerNorm,
+            Op::RmsNorm { .. } => OpKind::RmsNorm,
+            Op::Gelu(_) => OpKind::Gelu,
+            Op::Silu => OpKind::Silu,
+            Op::Embedding => OpKind::Embedding,
+            Op::Rope { .. } => OpKind::Rope,
+            Op::Attention { .. } => OpKind::Attention,
+            Op::TopK { .. } => OpKind::TopK,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Checks the inputs and returns the outputs' shapes and dtypes. Backends call this before doing
+    /// anything, so a kernel never sees inputs that break its contract.
+    pub fn infer(&self, inputs: &[Meta]) -> Result<Vec<Meta>> {
+        let op = self.name();
+        let arity = |lo: usize, hi: usize, what: &'static str| -> Result<()> {
+            if inputs.len() < lo || inputs.len() > hi {
+                return Err(Error::Arity { op, expected: what, got: inputs.len() });
+            }
+            Ok(())
+        };
+        let f32_in = |i: usize| -> Result<&Shape> {
+            let (s, d) = &inputs[i];
+            if *d != DType::F32 {
+                return Err(Error::DTypeMismatch { op, expected: format!("f32 for input {i}"), got: *d });
+            }
+            Ok(s)
+        };
+        let mismatch = |expected: String, got: &Shape| Error::ShapeMismatch { op, expected, got: got.to_string() };
+        let finite = |v: f32, what: &str| -> Result<()> {
+            if !v.is_finite() {
+                return Err(Error::InvalidParam { op, reason: format!("{what} must be finite, got {v}") });
+            }
+            Ok(())
+        };
+        let out = |s: Shape, d: DType| Ok(vec![(s, d)]);
+        match *self {
+            Op::Matmul { trans_b } => {
+                arity(2, 3, "2 (a, b) or 3 (a, b, bias)")?;
+                let a = f32_in(0)?;
+                let (b, bd) = &inputs[1];
+                if !bd.is_float() {
+                    return Err(Error::DTypeMismatch { op, expected: "f32, f16 or bf16 weights".into(), got: *bd });
+                }
+                if a.rank() < 2 || b.rank() < 2 {
+                    return Err(mismatch("a and b of rank >= 2".into(), if a.rank() < 2 { a } else { b }));
+                }
+                let (m, k) = (a.from_end(1), a.from_end(0));
+                let (bk, n) = if trans_b { (b.from_end(0), b.from_end(1)) } else { (b.from_end(1), b.from_end(0)) };
+                if bk != k {
+                    return Err(mismatch(format!("b with inner dimension {k}"), b));
+                }
+                let batch = a.numel() / (m * k).max(1);
+                let b_batch = b.numel() / (bk * n).max(1);
+                if b.rank() > 2 && b_batch != batch && m * k > 0 {
+                    return Err(mismatch(format!("b with batch {batch} or rank 2"), b));
+                }
+                if inputs.len() == 3 {
+                    let bias = f32_in(2)?;
+                    if bias.numel() != n || bias.rank() != 1 {
+                        return Err(mismatch(format!("bias [{n}]"), bias));
+                    }
+                }
+                let mut d = a.dims().to_vec();
+                *d.last_mut().expect("rank >= 2") = n;
+                out(Shape::new(&d)?, DType::F32)
+            }
+            Op::Add | Op::Mul => {
+                arity(2, 2, "2")?;
+                let (a, b) = (f32_in(0)?, f32_in(1)?);
+                let suffix = b.rank() <= a.rank() && a.dims()[a.rank() - b.rank()..] == *b.dims();
+                if !suffix {
+                    return Err(mismatch(format!("a suffix of {a}"), b));
+                }
+                out(*a, DType::F32)
+            }
+            Op::Scale { alpha } => {
+                arity(1, 1, "1")?;
+                finite(alpha, "alpha")?;
+                out(*f32_in(0)?, DType::F32)
+            }
+            Op::Axpy { alpha } => {
+                arity(2, 2, "2 (x, y)")?;
+                finite(alpha, "alpha")?;
+                let (x, y) = (f32_in(0)?, f32_in(1)?);
+                if x != y {
+                    return Err(mismatch(x.to_string(), y));
+                }
+                out(*x, DType::F32)
+            }
+            Op::Softmax | Op::Gelu(_) | Op::Silu => {
+                arity(1, 1, "1")?;
+                out(*f32_in(0)?, DType::F32)
+            }
+            Op::LayerNorm { eps } | Op::RmsNorm { eps } => {
+                let ln = matches!(self, Op::LayerNorm { .. });
+                if ln { arity(3, 3, "3 (x, gamma, beta)")? } else { arity(2, 2, "2 (x, gamma)")? }
+                if !(eps > 0.0) || !eps.is_finite() {
+                    return Err(Error::InvalidParam { op, reason: format!("eps must be positive, got {eps}") });
+                }
+                let x = f32_in(0)?;
+                let c = x.last();
+                for i in 1..inputs.len() {
+                    let p = f32_in(i)?;
+                    if p.rank() != 1 || p.numel() != c {
+                        return Err(mismatch(format!("[{c}] for input {i}"), p));
+                    }
+                }
+                out(*x, DType::F32)
+            }
+            Op::Embedding => {
+                arity(2, 2, "2 (table, ids)")?;
+                let (t, td) = &inputs[0];
+                let (ids, idd) = &inputs[1];
+                if !td.is_float() {
+                    return Err(Error::DTypeMismatch { op, expected: "float table".into(), got: *td });
+                }
+                if *idd != DType::U32 {
+                    return Err(Error::DTypeMismatch { op, expected: "u32 ids".into(), got: *idd });
+                }
+                if t.rank() != 2 {
+                    return Err(mismatch("table [V, C]".into(), t));
+                }
+                if ids.rank() > 3 {
+                    return Err(mismatch("ids of rank <= 3".into(), ids));
+                }
+                let mut d = ids.dims().to_vec();
+                d.push(t.from_end(0));
+                out(Shape::new(&d)?, DType::F32)
+            }
+            Op::Rope { theta } => {
+                arity(2, 2, "2 (x, positions)")?;
+                if !(theta > 0.0) || !theta.is_finite() {
+                    return Err(Error::InvalidParam { op, reason: format!("theta must be positive, got {theta}") });
+                }
+                let x = f32_in(0)?;
+                let (p, pd) = &inputs[1];
+                if *pd != DType::U32 {
+                    return Err(Error::DTypeMismatch { op, expected: "u32 positions".into(), got: *pd });
+                }
+                if x.rank() < 2 || x.last() % 2 != 0 {
+                    return Err(mismatch("x [.., T, D] with even D".into(), x));
+                }
+                if p.rank() != 1 || p.numel() != x.from_end(1) {
+                    return Err(mismatch(format!("positions [{}]", x.from_end(1)), p));
+                }
+                out(*x, DType::F32)
+            }
+            Op::Attention { scale, .. } => {
+                arity(3, 4, "3 (q, k, v) or 4 (q, k, v, mask)")?;
+                finite(scale, "scale")?;
+                let (q, k, v) = (f32_in(0)?, f32_in(1)?, f32_in(2)?);
+                for (name, s) in [("q", q), ("k", k), ("v", v)] {
+                    if s.rank() != 4 {
+                        return Err(mismatch(format!("{name} [B, H, T, D]"), s));
+                    }
+                }
+                let [b, hq, tq, d] = [q.dims()[0], q.dims()[1], q.dims()[2], q.dims()[3]];
+                let [kb, hkv, tk, kd] = [k.dims()[0], k.dims()[1], k.dims()[2], k.dims()[3]];
+                if kb != b || kd != d || hkv == 0 || hq % hkv != 0 {
+                    return Err(mismatch(format!("k [{b}, H, Tk, {d}] with H dividing {hq}"), k));
+                }
+                if v.dims()[..3] != k.dims()[..3] {
+                    return Err(mismatch(format!("v [{b}, {hkv}, {tk}, Dv]"), v));
+                }
+                if inputs.len() == 4 {
+                    let (m, md) = &inputs[3];
+                    if *md != DType::U32 {
+                        return Err(Error::DTypeMismatch { op, expected: "u32 mask".into(), got: *md });
+                    }
+                    if m.dims() != [b, tk] {
+                        return Err(mismatch(format!("mask [{b}, {tk}]"), m));
+                    }
+                }
+                out(Shape::new(&[b, hq, tq, v.dims()[3]])?, DType::F32)
+            }
+            Op::TopK { k } => {
+                arity(1, 1, "1")?;
+                let x = f32_in(0)?;
+                if k == 0 || k > x.last() {
+                    return Err(Error::InvalidParam { op, reason: format!("k = {k} must be in 1..={}", x.last()) });
+                }
+                let s = x.with_last(k)?;
+                Ok(vec![(s, DType::F32), (s, DType::U32)])
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Shapes of rank 0..=4, row-major.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// Largest element count one tensor may have (2^40). Anything above it is a lying header or a bug,
+/// and refusing it early keeps allocation sizes and index maths in range.
+pub const MAX_ELEMENTS: usize = 1 << 40;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    dims: [usize; 4],
+    rank: u8,
+}
+
+impl Shape {
+    /// Builds a shape, refusing rank > 4 and element counts that overflow or exceed [`MAX_ELEMENTS`].
+    pub fn new(dims: &[usize]) -> Result<Shape> {
+        if dims.len() > 4 {
+            return Err(Error::RankTooHigh { rank: dims.len() });
+        }
+        let mut n: usize = 1;
+        for &d in dims {
+            n = n.checked_mul(d).ok_or(Error::AbsurdShape {
+                dims: dims.to_vec(),
+                reason: "element count overflows",
+            })?;
+        }
+        if n > MAX_ELEMENTS {
+            return Err(Error::AbsurdShape { dims: dims.to_vec(), reason: "more than 2^40 elements" });
+        }
+        let mut s = Shape { dims: [0; 4], rank: dims.len() as u8 };
+        s.dims[..dims.len()].copy_from_slice(dims);
+        Ok(s)
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims[..self.rank as usize]
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank as usize
+    }
+
+    pub fn numel(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    /// Size of the last dimension (1 for a scalar).
+    pub fn last(&self) -> usize {
+        self.dims().last().copied().unwrap_or(1)
+    }
+
+    /// Number of rows when the last dimension is taken as the row length.
+    pub fn rows(&self) -> usize {
+        let l = self.last();
+        if l == 0 { 0 } else { self.numel() / l }
+    }
+
+    /// Dimension `i` counted from the end (0 = last); 1 where the shape has fewer dimensions.
+    pub fn from_end(&self, i: usize) -> usize {
+        let r = self.rank();
+        if i < r { self.dims[r - 1 - i] } else { 1 }
+    }
+
+    /// The same shape with the last dimension replaced.
+    pub fn with_last(&self, n: usize) -> Result<Shape> {
+        let mut d = self.dims().to_vec();
+        match d.last_mut() {
+            Some(l) => *l = n,
+            None => d.push(n),
+        }
+        Shape::new(&d)
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.dims())
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.dims())
+    }
+}
+
+impl TryFrom<&[usize]> for Shape {
+    type Error = Error;
+    fn try_from(d: &[usize]) -> Result<Shape> {
+        Shape::new(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_rank_five_and_overflow() {
+        assert!(matches!(Shape::new(&[1, 1, 1, 1, 1]), Err(Error::RankTooHigh { rank: 5 })));
+        assert!(matches!(Shape::new(&[usize::MAX, 2]), Err(Error::AbsurdShape { .. })));
+        assert!(matches!(Shape::new(&[1 << 21, 1 << 21]), Err(Error::AbsurdShape { .. })));
+        let s = Shape::new(&[2, 3, 4]).unwrap();
+        assert_eq!((s.numel(), s.rows(), s.last(), s.from_end(2), s.from_end(3)), (24, 6, 4, 2, 1));
+    }
+}
