@@ -1,0 +1,208 @@
+//! Every WGSL shader, named once: its source (`include_str!` from `shaders/`), its entry points, its
+//! binding layout, and the specialisations (override constants) the runtime uses, so the shader
+//! validation test checks exactly what runs.
+
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    Matmul,
+    Elementwise,
+    Norm,
+    Embedding,
+    Rope,
+    Attention,
+    TopK,
+}
+
+/// How a binding is declared in the shader. Binding 0 is always the `Params` uniform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bind {
+    Read,
+    ReadWrite,
+}
+
+/// One matmul tiling: workgroup WG_X x WG_Y threads, each computing TM x TN outputs, TK-deep K steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulTile {
+    pub wg_x: u32,
+    pub wg_y: u32,
+    pub tm: u32,
+    pub tn: u32,
+    pub tk: u32,
+}
+
+impl MatmulTile {
+    pub fn bm(&self) -> u32 {
+        self.wg_y * self.tm
+    }
+    pub fn bn(&self) -> u32 {
+        self.wg_x * self.tn
+    }
+}
+
+/// The tilings the runtime picks from: 64x64 tiles for large products, 16x16 for small or thin ones
+/// (few rows, as in decoding), where a big tile would leave most threads idle.
+pub const MATMUL_TILES: [MatmulTile; 2] = [
+    MatmulTile { wg_x: 16, wg_y: 16, tm: 4, tn: 4, tk: 16 },
+    MatmulTile { wg_x: 8, wg_y: 8, tm: 2, tn: 2, tk: 16 },
+];
+
+pub type Constants = Vec<(&'static str, f64)>;
+
+pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constants {
+    vec![
+        ("B_DTYPE", b_dtype as f64),
+        ("TRANS_B", if trans_b { 1.0 } else { 0.0 }),
+        ("WG_X", t.wg_x as f64),
+        ("WG_Y", t.wg_y as f64),
+        ("TM", t.tm as f64),
+        ("TN", t.tn as f64),
+        ("TK", t.tk as f64),
+    ]
+}
+
+impl Shader {
+    pub const ALL: [Shader; 7] =
+        [Shader::Matmul, Shader::Elementwise, Shader::Norm, Shader::Embedding, Shader::Rope, Shader::Attention, Shader::TopK];
+
+    /// The file stem in `shaders/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::Matmul => "matmul",
+            Shader::Elementwise => "elementwise",
+            Shader::Norm => "norm",
+            Shader::Embedding => "embedding",
+            Shader::Rope => "rope",
+            Shader::Attention => "attention",
+            Shader::TopK => "topk",
+        }
+    }
+
+    /// The WGSL text; kernels that read packed f16/bf16 weights get the `packed.wgsl` prelude.
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Matmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/matmul.wgsl")),
+            Shader::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+            Shader::Norm => include_str!("../../../shaders/norm.wgsl"),
+            Shader::Embedding => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/embedding.wgsl")),
+            Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
+            Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
+        }
+    }
+
+    pub fn entries(self) -> &'static [&'static str] {
+        match self {
+            Shader::Matmul => &["matmul"],
+            Shader::Elementwise => &["add", "mul", "axpy", "scale", "gelu_erf", "gelu_tanh", "silu"],
+            Shader::Norm => &["softmax", "layer_norm", "rms_norm"],
+            Shader::Embedding => &["embedding"],
+            Shader::Rope => &["rope"],
+            Shader::Attention => &["attention"],
+            Shader::TopK => &["topk"],
+        }
+    }
+
+    /// Storage bindings after the uniform at binding 0, in binding order.
+    pub(crate) fn bindings(self) -> &'static [Bind] {
+        use Bind::*;
+        match self {
+            Shader::Matmul => &[Read, Read, Read, ReadWrite],
+            Shader::Elementwise | Shader::Embedding | Shader::Rope => &[Read, Read, ReadWrite],
+            Shader::Norm => &[Read, Read, Read, ReadWrite],
+            Shader::Attention => &[Read, Read, Read, Read, ReadWrite],
+            Shader::TopK => &[Read, ReadWrite, ReadWrite],
+        }
+    }
+
+    /// Every set of override constants the runtime may create a pipeline with.
+    pub fn specialisations(self) -> Vec<Constants> {
+        match self {
+            Shader::Matmul => {
+                let mut v = Vec::new();
+                for t in &MATMUL_TILES {
+                    for dt in 0..3 {
+                        for tb in [false, true] {
+                            v.push(matmul_constants(dt, tb, t));
+                        }
+                    }
+                }
+                v
+            }
+            Shader::Embedding => (0..3).map(|dt| vec![("T_DTYPE", dt as f64)]).collect(),
+            _ => vec![Vec::new()],
+        }
+    }
+}
+
+/// Pipelines cached by (shader, entry, constants); shader modules and layouts by shader.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: HashMap<Shader, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    pipelines: HashMap<(Shader, &'static str, Vec<(&'static str, u64)>), wgpu::ComputePipeline>,
+}
+
+impl PipelineCache {
+    pub fn get(
+        &mut self,
+        device: &wgpu::Device,
+        shader: Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+        let (module, bgl, layout) = self.modules.entry(shader).or_insert_with(|| create_module(device, shader));
+        let key = (shader, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())).collect());
+        let pipeline = self
+            .pipelines
+            .entry(key)
+            .or_insert_with(|| {
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(layout),
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+                    cache: None,
+                })
+            })
+            .clone();
+        (pipeline, bgl.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+fn create_module(device: &wgpu::Device, shader: Shader) -> (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(shader.name()),
+        source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+    });
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    }];
+    for (i, b) in shader.bindings().iter().enumerate() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: i as u32 + 1,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: *b == Bind::Read },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(shader.name()), entries: &entries });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(shader.name()),
+        bind_group_layouts: &[Some(&bgl)],
+        immediate_size: 0,
+    });
+    (module, bgl, layout)
+}

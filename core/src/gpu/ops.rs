@@ -1,0 +1,147 @@
+//! Records each op of the table as dispatches of the kernels in `shaders/`. Inputs were validated by
+//! `Op::infer`, so only device limits are checked here.
+
+use super::kernels::{matmul_constants, Shader, MATMUL_TILES};
+use super::{buffer, GpuBackend};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::op::{GeluKind, Meta, Op};
+use crate::tensor::Tensor;
+
+/// Workgroup size of the 1-D kernels (must match the shaders' `WG` default).
+const WG: u32 = 256;
+const ATTN_WG: u32 = 64;
+const TOPK_WG: u32 = 64;
+
+pub(super) fn supports(op: &Op, dtype: DType) -> bool {
+    match op {
+        Op::Matmul { .. } | Op::Embedding => dtype.is_float(),
+        _ => dtype == DType::F32,
+    }
+}
+
+/// `Params` structs are arrays of 32-bit words; floats go in as their bits.
+fn words(w: &[u32]) -> Vec<u8> {
+    bytemuck::cast_slice(w).to_vec()
+}
+
+fn u(x: usize) -> u32 {
+    x as u32 // every count fits: buffers are capped by the u32 binding-size limit
+}
+
+pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta]) -> Result<Vec<Tensor>> {
+    let name = op.name();
+    let out = outs.iter().map(|(s, d)| g.alloc(*s, *d, name)).collect::<Result<Vec<_>>>()?;
+    let ob = buffer(&out[0])?;
+    let inb = |i: usize| buffer(inputs[i]);
+    let numel = out[0].shape.numel();
+    if numel == 0 {
+        return Ok(out);
+    }
+    match *op {
+        Op::Matmul { trans_b } => {
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            let (m, k) = (a.from_end(1), a.from_end(0));
+            let n = out[0].shape.from_end(0);
+            let batch = numel / (m * n);
+            let stride = if b.rank() == 2 { 0 } else { k * n };
+            let tile = if m <= 16 || n <= 16 || m * n <= 64 * 64 { &MATMUL_TILES[1] } else { &MATMUL_TILES[0] };
+            let dummy;
+            let bias = match inputs.get(2) {
+                Some(t) => buffer(t)?,
+                None => {
+                    dummy = g.dummy();
+                    &dummy
+                }
+            };
+            let params = words(&[u(m), u(n), u(k), u(stride), inputs.len() as u32 - 2, 0, 0, 0]);
+            let groups = [u(n).div_ceil(tile.bn()), u(m).div_ceil(tile.bm()), u(batch)];
+            let consts = matmul_constants(inputs[1].dtype.shader_code(), trans_b, tile);
+            g.dispatch(Shader::Matmul, "matmul", &consts, &params, &[inb(0)?, inb(1)?, bias, ob], groups)?;
+        }
+        Op::Add | Op::Mul | Op::Axpy { .. } | Op::Scale { .. } | Op::Gelu(_) | Op::Silu => {
+            let (entry, alpha) = match *op {
+                Op::Add => ("add", 0.0),
+                Op::Mul => ("mul", 0.0),
+                Op::Axpy { alpha } => ("axpy", alpha),
+                Op::Scale { alpha } => ("scale", alpha),
+                Op::Gelu(GeluKind::Erf) => ("gelu_erf", 0.0),
+                Op::Gelu(GeluKind::Tanh) => ("gelu_tanh", 0.0),
+                _ => ("silu", 0.0),
+            };
+            let dummy;
+            let (b, b_len) = match inputs.get(1) {
+                Some(t) => (buffer(t)?, t.shape.numel()),
+                None => {
+                    dummy = g.dummy();
+                    (&dummy, 1)
+                }
+            };
+            let params = words(&[u(numel), u(b_len.max(1)), alpha.to_bits(), 0]);
+            g.dispatch(Shader::Elementwise, entry, &[], &params, &[inb(0)?, b, ob], g.grid(numel, WG)?)?;
+        }
+        Op::Softmax | Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
+            let (entry, eps) = match *op {
+                Op::Softmax => ("softmax", 0.0),
+                Op::LayerNorm { eps } => ("layer_norm", eps),
+                Op::RmsNorm { eps } => ("rms_norm", eps),
+                _ => unreachable!(),
+            };
+            let shape = &inputs[0].shape;
+            let dummy = g.dummy();
+            let gamma = if inputs.len() > 1 { inb(1)? } else { &dummy };
+            let beta = if inputs.len() > 2 { inb(2)? } else { &dummy };
+            let params = words(&[u(shape.rows()), u(shape.last()), eps.to_bits(), 0]);
+            g.dispatch(Shader::Norm, entry, &[], &params, &[inb(0)?, gamma, beta, ob], g.grid(shape.rows(), 1)?)?;
+        }
+        Op::Embedding => {
+            let t = &inputs[0].shape;
+            let params = words(&[u(numel), u(t.dims()[1]), u(t.dims()[0]), 0]);
+            let consts = [("T_DTYPE", inputs[0].dtype.shader_code() as f64)];
+            g.dispatch(Shader::Embedding, "embedding", &consts, &params, &[inb(0)?, inb(1)?, ob], g.grid(numel, WG)?)?;
+        }
+        Op::Rope { theta } => {
+            let x = &inputs[0].shape;
+            let pairs = numel / 2;
+            let params = words(&[u(pairs), u(x.from_end(1)), u(x.last()), theta.to_bits()]);
+            g.dispatch(Shader::Rope, "rope", &[], &params, &[inb(0)?, inb(1)?, ob], g.grid(pairs, WG)?)?;
+        }
+        Op::Attention { causal, scale } => {
+            let (q, k, v) = (inputs[0].shape.dims(), inputs[1].shape.dims(), inputs[2].shape.dims());
+            if v[3] > 4 * ATTN_WG as usize {
+                return Err(Error::UnsupportedOp { op: name, backend: "gpu (value head dim > 256)", dtype: DType::F32 });
+            }
+            let dummy;
+            let mask = match inputs.get(3) {
+                Some(t) => buffer(t)?,
+                None => {
+                    dummy = g.dummy();
+                    &dummy
+                }
+            };
+            let params = words(&[
+                u(q[1]),
+                u(k[1]),
+                u(q[2]),
+                u(k[2]),
+                u(q[3]),
+                u(v[3]),
+                causal as u32,
+                (inputs.len() == 4) as u32,
+                scale.to_bits(),
+                0,
+                0,
+                0,
+            ]);
+            let groups = [u(q[2]), u(q[1]), u(q[0])];
+            g.dispatch(Shader::Attention, "attention", &[], &params, &[inb(0)?, inb(1)?, inb(2)?, mask, ob], groups)?;
+        }
+        Op::TopK { k } => {
+            let x = &inputs[0].shape;
+            let params = words(&[u(x.rows()), u(x.last()), u(k), 0]);
+            let ib = buffer(&out[1])?;
+            g.dispatch(Shader::TopK, "topk", &[], &params, &[inb(0)?, ob, ib], g.grid(x.rows(), TOPK_WG)?)?;
+        }
+    }
+    Ok(out)
+}
