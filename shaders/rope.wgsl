@@ -28,7 +28,10 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let pos = f32(positions[row % p.t]);
     // As transformers computes it: inv_freq in f32, then pos * inv_freq.
     let inv_freq = 1.0 / pow(p.theta, f32(2u * i) / f32(p.d));
-    let ang = pos * inv_freq;
+    // Reduce to [-pi, pi] first: GPU sin/cos are only accurate there (Vulkan/WebGPU allow 2^-11
+    // absolute error inside, nothing is promised outside).
+    let raw = pos * inv_freq;
+    let ang = raw - 6.283185307179586 * round(raw / 6.283185307179586);
     let c = cos(ang);
     let s = sin(ang);
     let base = row * p.d;

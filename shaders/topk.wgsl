@@ -1,6 +1,8 @@
-// Top-k per row, descending, ties broken by the lower index. One invocation per row; pass t picks
-// the best element strictly after the previous pick in (value desc, index asc) order, so no
-// scratch memory is needed. O(k * N) per row: meant for routing (k small), not for sorting.
+// Top-k per row, descending, ties broken by the lower index. One workgroup per row
+// (row = wg.x + wg.y * num_workgroups.x). Pass t selects the best element strictly after the
+// previous pick in (value desc, index asc) order: each thread scans a strided slice of the row,
+// then the workgroup reduces the (value, index) candidates. No scratch beyond WG pairs, O(k * N / WG)
+// steps per thread: meant for routing and sampling (k small), not for full sorts.
 
 struct Params {
     rows: u32,
@@ -15,30 +17,49 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> indices: array<u32>;  // [rows, K]
 
 override WG: u32 = 64u;
+const NONE: u32 = 0xffffffffu;
+var<workgroup> cand_v: array<f32, WG>;
+var<workgroup> cand_i: array<u32, WG>;
+
+// Whether candidate (v, i) ranks before (bv, bi): NONE ranks last, then value desc, index asc.
+fn before(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return i != NONE && (bi == NONE || v > bv || (v == bv && i < bi));
+}
 
 @compute @workgroup_size(WG)
-fn topk(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = gid.x + gid.y * nwg.x * WG;
-    if (row >= p.rows) { return; }
+fn topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nwg.x;
+    if (row >= p.rows) { return; }   // uniform per workgroup
     let base = row * p.n;
     var prev_v = 0.0;
-    var prev_i = 0u;
+    var prev_i = NONE;
     for (var t = 0u; t < p.k; t++) {
         var best_v = 0.0;
-        var best_i = 0xffffffffu;
-        for (var j = 0u; j < p.n; j++) {
+        var best_i = NONE;
+        for (var j = lid; j < p.n; j += WG) {
             let v = x[base + j];
-            // Eligible: after the previous pick in (value desc, index asc) order.
-            let after = t == 0u || v < prev_v || (v == prev_v && j > prev_i);
-            // Better: larger value, or the first (lowest index) of equal values.
-            if (after && (best_i == 0xffffffffu || v > best_v)) {
+            let after = prev_i == NONE || v < prev_v || (v == prev_v && j > prev_i);
+            if (after && before(v, j, best_v, best_i)) {
                 best_v = v;
                 best_i = j;
             }
         }
-        values[row * p.k + t] = best_v;
-        indices[row * p.k + t] = best_i;
-        prev_v = best_v;
-        prev_i = best_i;
+        cand_v[lid] = best_v;
+        cand_i[lid] = best_i;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s && before(cand_v[lid + s], cand_i[lid + s], cand_v[lid], cand_i[lid])) {
+                cand_v[lid] = cand_v[lid + s];
+                cand_i[lid] = cand_i[lid + s];
+            }
+            workgroupBarrier();
+        }
+        prev_v = cand_v[0];
+        prev_i = cand_i[0];
+        if (lid == 0u) {
+            values[row * p.k + t] = prev_v;
+            indices[row * p.k + t] = prev_i;
+        }
+        workgroupBarrier();
     }
 }

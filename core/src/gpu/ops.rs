@@ -11,7 +11,6 @@ use crate::tensor::Tensor;
 /// Workgroup size of the 1-D kernels (must match the shaders' `WG` default).
 const WG: u32 = 256;
 const ATTN_WG: u32 = 64;
-const TOPK_WG: u32 = 64;
 
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
@@ -140,7 +139,7 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let x = &inputs[0].shape;
             let params = words(&[u(x.rows()), u(x.last()), u(k), 0]);
             let ib = buffer(&out[1])?;
-            g.dispatch(Shader::TopK, "topk", &[], &params, &[inb(0)?, ob, ib], g.grid(x.rows(), TOPK_WG)?)?;
+            g.dispatch(Shader::TopK, "topk", &[], &params, &[inb(0)?, ob, ib], g.grid(x.rows(), 1)?)?;
         }
     }
     Ok(out)

@@ -1,0 +1,243 @@
+//! Conformance: one table of cases (op x shapes x dtypes, each with its tolerance), run on every
+//! available device and compared with the CPU oracle. A meta-test fails when an op has no case.
+//!
+//! Tolerances are per op and set from what the maths allows, not from observed errors:
+//! exact for gathers and selection, a few f32 ulps for elementwise maths, sqrt(K)-scaled for
+//! f32 dot products, and the WebGPU/Vulkan precision of exp/sin/cos for softmax, attention, RoPE.
+
+use std::collections::HashSet;
+use taskloom::{DType, Device, GeluKind, Op, OpKind, TensorData};
+use taskloom_tests::{compare, gpu_or_skip, Rng};
+
+struct Case {
+    name: String,
+    op: Op,
+    inputs: Vec<TensorData>,
+    atol: f32,
+    rtol: f32,
+}
+
+fn f32s(rng: &mut Rng, dims: &[usize], lo: f32, hi: f32) -> TensorData {
+    TensorData::f32(dims, rng.vec(dims.iter().product(), lo, hi)).unwrap()
+}
+
+fn weights(rng: &mut Rng, dims: &[usize], dtype: DType) -> TensorData {
+    TensorData::from_f32_as(dims, &rng.vec(dims.iter().product(), -1.0, 1.0), dtype).unwrap()
+}
+
+fn case(name: String, op: Op, inputs: Vec<TensorData>, atol: f32, rtol: f32) -> Case {
+    Case { name, op, inputs, atol, rtol }
+}
+
+fn matmul_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    let sizes = [(1, 1, 1), (3, 17, 5), (17, 3, 255), (255, 257, 17), (257, 64, 3), (64, 255, 257), (1, 256, 255)];
+    for (i, &(m, k, n)) in sizes.iter().enumerate() {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            for trans_b in [false, true] {
+                let a = f32s(rng, &[m, k], -1.0, 1.0);
+                let b_dims = if trans_b { [n, k] } else { [k, n] };
+                let b = weights(rng, &b_dims, dt);
+                let mut inputs = vec![a, b];
+                let bias = (i + trans_b as usize) % 2 == 0;
+                if bias {
+                    inputs.push(f32s(rng, &[n], -1.0, 1.0));
+                }
+                let atol = 2e-6 * (k as f32).sqrt() * 4.0;
+                v.push(case(format!("matmul {m}x{k}x{n} {dt} trans_b={trans_b} bias={bias}"), Op::Matmul { trans_b }, inputs, atol, 1e-5));
+            }
+        }
+    }
+    // Batched: a [2, 3, m, k] with a shared rank-2 b, and with a per-batch b [6, k, n].
+    for (shared, dt) in [(true, DType::F16), (false, DType::F32), (false, DType::BF16)] {
+        let (m, k, n) = (17, 33, 19);
+        let a = f32s(rng, &[2, 3, m, k], -1.0, 1.0);
+        let b = if shared { weights(rng, &[k, n], dt) } else { weights(rng, &[6, k, n], dt) };
+        v.push(case(format!("matmul batched shared_b={shared} {dt}"), Op::Matmul { trans_b: false }, vec![a, b], 5e-5, 1e-5));
+    }
+}
+
+fn elementwise_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    let shapes: [&[usize]; 4] = [&[1], &[3, 17], &[17, 255], &[2, 3, 257]];
+    for s in shapes {
+        let suffix = &s[s.len() - 1..];
+        for (op, b_dims) in [(Op::Add, s), (Op::Add, suffix), (Op::Mul, s), (Op::Mul, suffix)] {
+            let inputs = vec![f32s(rng, s, -4.0, 4.0), f32s(rng, b_dims, -4.0, 4.0)];
+            v.push(case(format!("{} {s:?} + {b_dims:?}", op.name()), op, inputs, 0.0, 1e-6));
+        }
+        v.push(case(format!("scale {s:?}"), Op::Scale { alpha: -0.37 }, vec![f32s(rng, s, -4.0, 4.0)], 0.0, 1e-6));
+        let (x, y) = (f32s(rng, s, -4.0, 4.0), f32s(rng, s, -4.0, 4.0));
+        v.push(case(format!("axpy {s:?}"), Op::Axpy { alpha: 1.75 }, vec![x, y], 1e-6, 1e-6));
+        for op in [Op::Gelu(GeluKind::Erf), Op::Gelu(GeluKind::Tanh), Op::Silu] {
+            v.push(case(format!("{op:?} {s:?}"), op, vec![f32s(rng, s, -10.0, 10.0)], 1e-6, 2e-6));
+        }
+    }
+}
+
+fn reduction_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    let shapes: [&[usize]; 5] = [&[1, 1], &[3, 17], &[17, 255], &[4, 257], &[2, 3, 64]];
+    for s in shapes {
+        let c = *s.last().unwrap();
+        v.push(case(format!("softmax {s:?}"), Op::Softmax, vec![f32s(rng, s, -30.0, 30.0)], 1e-6, 1e-5));
+        let (x, g, b) = (f32s(rng, s, -3.0, 5.0), f32s(rng, &[c], 0.5, 1.5), f32s(rng, &[c], -1.0, 1.0));
+        v.push(case(format!("layer_norm {s:?}"), Op::LayerNorm { eps: 1e-5 }, vec![x.clone(), g.clone(), b], 2e-5, 2e-5));
+        v.push(case(format!("rms_norm {s:?}"), Op::RmsNorm { eps: 1e-6 }, vec![x, g], 1e-5, 2e-5));
+    }
+    // Stability: huge logits must not overflow.
+    v.push(case("softmax large logits".into(), Op::Softmax, vec![f32s(rng, &[3, 255], 1e4, 2e4)], 1e-6, 1e-4));
+}
+
+fn gather_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    for (vocab, c, ids_dims) in [(17usize, 3usize, vec![1usize]), (257, 64, vec![3, 17]), (255, 17, vec![2, 3, 5])] {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let n: usize = ids_dims.iter().product();
+            // A few ids past the vocabulary: they must give zero rows on every device.
+            let ids = (0..n).map(|i| if i % 7 == 6 { vocab as u32 + i as u32 } else { rng.below(vocab as u32) }).collect();
+            let inputs = vec![weights(rng, &[vocab, c], dt), TensorData::u32(&ids_dims, ids).unwrap()];
+            v.push(case(format!("embedding {vocab}x{c} {dt} ids {ids_dims:?}"), Op::Embedding, inputs, 0.0, 0.0));
+        }
+    }
+    for (dims, theta) in [(vec![1usize, 1, 1, 2], 10000.0), (vec![2, 3, 17, 64], 10000.0), (vec![1, 2, 255, 16], 500000.0), (vec![3, 6], 100.0)] {
+        let t = dims[dims.len() - 2];
+        let pos = (0..t).map(|i| (i as u32 * 3 + 1) % 300).collect();
+        let inputs = vec![f32s(rng, &dims, -1.0, 1.0), TensorData::u32(&[t], pos).unwrap()];
+        v.push(case(format!("rope {dims:?} theta={theta}"), Op::Rope { theta }, inputs, 2e-4, 0.0));
+    }
+}
+
+fn attention_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    // (B, Hq, Hkv, Tq, Tk, D, Dv, causal, mask)
+    let specs = [
+        (1, 1, 1, 1, 1, 1, 1, false, false),
+        (2, 4, 2, 17, 17, 16, 16, true, false),
+        (1, 2, 1, 3, 257, 8, 17, true, true),
+        (2, 3, 3, 5, 33, 32, 64, false, true),
+        (1, 4, 1, 17, 9, 16, 16, true, true),
+    ];
+    for (b, hq, hkv, tq, tk, d, dv, causal, masked) in specs {
+        let mut inputs =
+            vec![f32s(rng, &[b, hq, tq, d], -1.0, 1.0), f32s(rng, &[b, hkv, tk, d], -1.0, 1.0), f32s(rng, &[b, hkv, tk, dv], -1.0, 1.0)];
+        if masked {
+            // Batch 0 pads its last third; the last batch masks every key (its rows must be 0).
+            let mask = (0..b * tk).map(|i| if i / tk == b - 1 && b > 1 { 0 } else { (i % tk < tk - tk / 3) as u32 }).collect();
+            inputs.push(TensorData::u32(&[b, tk], mask).unwrap());
+        }
+        let op = Op::Attention { causal, scale: 1.0 / (d as f32).sqrt() };
+        v.push(case(format!("attention b{b} hq{hq} hkv{hkv} tq{tq} tk{tk} d{d} dv{dv} causal={causal} mask={masked}"), op, inputs, 2e-5, 1e-4));
+    }
+}
+
+fn topk_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    for (rows, n, k) in [(1usize, 1usize, 1usize), (17, 255, 8), (3, 257, 257), (5, 3, 2), (2, 1000, 4)] {
+        // Multiples of 1/4 in a small range: many exact ties, no near-ties.
+        let x = (0..rows * n).map(|_| rng.below(16) as f32 / 4.0 - 2.0).collect();
+        v.push(case(format!("topk {rows}x{n} k={k}"), Op::TopK { k }, vec![TensorData::f32(&[rows, n], x).unwrap()], 0.0, 0.0));
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut rng = Rng::new(7);
+    let mut v = Vec::new();
+    matmul_cases(&mut rng, &mut v);
+    elementwise_cases(&mut rng, &mut v);
+    reduction_cases(&mut rng, &mut v);
+    gather_cases(&mut rng, &mut v);
+    attention_cases(&mut rng, &mut v);
+    topk_cases(&mut rng, &mut v);
+    v
+}
+
+#[test]
+fn every_op_has_a_case() {
+    let covered: HashSet<OpKind> = cases().iter().map(|c| c.op.kind()).collect();
+    let missing: Vec<_> = OpKind::ALL.iter().filter(|k| !covered.contains(k)).map(|k| k.name()).collect();
+    assert!(missing.is_empty(), "ops without a conformance case: {missing:?}");
+}
+
+fn run_all(dev: &Device) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let refs: Vec<&TensorData> = c.inputs.iter().collect();
+        let want = taskloom::cpu::run(&c.op, &refs).unwrap_or_else(|e| panic!("{}: CPU oracle failed: {e}", c.name));
+        match pollster::block_on(dev.run(&c.op, &refs)) {
+            Err(e) => failures.push(format!("{}: {e}", c.name)),
+            Ok(got) => {
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    if let Err(e) = compare(g, w, c.atol, c.rtol) {
+                        failures.push(format!("{} output {i}: {e}", c.name));
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn gpu_matches_cpu_on_every_case() {
+    let Some(dev) = gpu_or_skip("conformance") else { return };
+    eprintln!("conformance on {:?}", dev.info().name);
+    let failures = run_all(&dev);
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases().len(), failures.join("\n"));
+}
+
+#[test]
+fn cpu_device_matches_cpu_oracle() {
+    // The Device::Cpu path (upload, exec, download) must be the oracle itself.
+    let failures = run_all(&Device::cpu());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn one_encoder_per_batch_and_cached_pipelines() {
+    let Some(dev) = gpu_or_skip("batching") else { return };
+    let taskloom::Device::Gpu(g) = &dev else { unreachable!() };
+    let mut rng = Rng::new(3);
+    let x = dev.upload(&f32s(&mut rng, &[8, 64], -1.0, 1.0)).unwrap();
+    let w = dev.upload(&f32s(&mut rng, &[64, 64], -1.0, 1.0)).unwrap();
+    let chain = |x: &taskloom::Tensor| {
+        let h = dev.exec1(&Op::Matmul { trans_b: false }, &[x, &w]).unwrap();
+        let h = dev.exec1(&Op::Gelu(GeluKind::Erf), &[&h]).unwrap();
+        dev.exec1(&Op::Softmax, &[&h]).unwrap()
+    };
+    let before = g.dispatch_count();
+    let y = chain(&chain(&x));
+    assert_eq!(g.dispatch_count() - before, 6, "one dispatch per op");
+    let pipelines = g.pipeline_count();
+    let y = chain(&y);
+    assert_eq!(g.pipeline_count(), pipelines, "pipelines are reused, not rebuilt");
+    let out = pollster::block_on(dev.download(&y)).unwrap();
+    let sums: Vec<f32> = out.as_f32().unwrap().chunks(64).map(|r| r.iter().sum()).collect();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-4), "softmax rows sum to 1: {sums:?}");
+}
+
+#[test]
+fn oversized_binding_is_a_typed_error() {
+    let Some(dev) = gpu_or_skip("oversized binding") else { return };
+    // 2^20 ids x 4096 columns of f32 = 16 GiB of output: above any adapter's binding limit.
+    let table = dev.upload(&TensorData::f32(&[2, 4096], vec![0.5; 8192]).unwrap()).unwrap();
+    let ids = dev.upload(&TensorData::u32(&[1 << 20], vec![1; 1 << 20]).unwrap()).unwrap();
+    match dev.exec(&Op::Embedding, &[&table, &ids]) {
+        Err(taskloom::Error::BufferTooLarge { bytes, limit, .. }) => assert!(bytes > limit),
+        other => panic!("expected BufferTooLarge, got {other:?}"),
+    }
+    dev.flush().unwrap();
+}
+
+#[test]
+fn bad_op_inputs_are_typed_errors_on_every_device() {
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpu_or_skip("bad op inputs"));
+    for dev in devices {
+        let a = dev.upload(&TensorData::f32(&[2, 3], vec![0.0; 6]).unwrap()).unwrap();
+        let b = dev.upload(&TensorData::f32(&[4, 5], vec![0.0; 20]).unwrap()).unwrap();
+        let ids = dev.upload(&TensorData::u32(&[2], vec![0, 1]).unwrap()).unwrap();
+        let err = |op: Op, ins: &[&taskloom::Tensor]| dev.exec(&op, ins).expect_err(op.name()).code();
+        assert_eq!(err(Op::Matmul { trans_b: false }, &[&a, &b]), "BAD_INPUT");
+        assert_eq!(err(Op::Add, &[&a, &b]), "BAD_INPUT");
+        assert_eq!(err(Op::TopK { k: 4 }, &[&a]), "BAD_INPUT");
+        assert_eq!(err(Op::Softmax, &[&ids]), "BAD_INPUT");
+        assert_eq!(err(Op::LayerNorm { eps: 0.0 }, &[&a, &a, &a]), "BAD_INPUT");
+        assert_eq!(err(Op::Attention { causal: true, scale: 1.0 }, &[&a, &a, &a]), "BAD_INPUT");
+        assert_eq!(err(Op::Silu, &[]), "BAD_INPUT");
+    }
+}
