@@ -3,9 +3,10 @@
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// Largest element count one tensor may have (2^40). Anything above it is a lying header or a bug,
-/// and refusing it early keeps allocation sizes and index maths in range.
-pub const MAX_ELEMENTS: usize = 1 << 40;
+/// Largest element count one tensor may have (2^40, and never more than `usize` holds, as on
+/// wasm32). Anything above it is a lying header or a bug; refusing it early keeps allocation sizes
+/// and index maths in range.
+pub const MAX_ELEMENTS: u64 = 1 << 40;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Shape {
@@ -19,15 +20,15 @@ impl Shape {
         if dims.len() > 4 {
             return Err(Error::RankTooHigh { rank: dims.len() });
         }
-        let mut n: usize = 1;
+        let mut n: u64 = 1;
         for &d in dims {
-            n = n.checked_mul(d).ok_or(Error::AbsurdShape {
+            n = n.checked_mul(d as u64).ok_or(Error::AbsurdShape {
                 dims: dims.to_vec(),
                 reason: "element count overflows",
             })?;
         }
-        if n > MAX_ELEMENTS {
-            return Err(Error::AbsurdShape { dims: dims.to_vec(), reason: "more than 2^40 elements" });
+        if n > MAX_ELEMENTS || usize::try_from(n).is_err() {
+            return Err(Error::AbsurdShape { dims: dims.to_vec(), reason: "too many elements (limit 2^40 and the address space)" });
         }
         let mut s = Shape { dims: [0; 4], rank: dims.len() as u8 };
         s.dims[..dims.len()].copy_from_slice(dims);
