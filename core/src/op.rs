@@ -132,14 +132,14 @@ impl Op {
                 if a.rank() < 2 || b.rank() < 2 {
                     return Err(mismatch("a and b of rank >= 2".into(), if a.rank() < 2 { a } else { b }));
                 }
-                let (m, k) = (a.from_end(1), a.from_end(0));
+                let k = a.from_end(0);
                 let (bk, n) = if trans_b { (b.from_end(0), b.from_end(1)) } else { (b.from_end(1), b.from_end(0)) };
                 if bk != k {
                     return Err(mismatch(format!("b with inner dimension {k}"), b));
                 }
-                let batch = a.numel() / (m * k).max(1);
-                let b_batch = b.numel() / (bk * n).max(1);
-                if b.rank() > 2 && b_batch != batch && m * k > 0 {
+                let batch: usize = a.dims()[..a.rank() - 2].iter().product();
+                let b_batch: usize = b.dims()[..b.rank() - 2].iter().product();
+                if b.rank() > 2 && b_batch != batch {
                     return Err(mismatch(format!("b with batch {batch} or rank 2"), b));
                 }
                 if inputs.len() == 3 {
@@ -182,7 +182,7 @@ impl Op {
             Op::LayerNorm { eps } | Op::RmsNorm { eps } => {
                 let ln = matches!(self, Op::LayerNorm { .. });
                 if ln { arity(3, 3, "3 (x, gamma, beta)")? } else { arity(2, 2, "2 (x, gamma)")? }
-                if !(eps > 0.0) || !eps.is_finite() {
+                if eps.is_nan() || eps <= 0.0 || !eps.is_finite() {
                     return Err(Error::InvalidParam { op, reason: format!("eps must be positive, got {eps}") });
                 }
                 let x = f32_in(0)?;
@@ -217,7 +217,7 @@ impl Op {
             }
             Op::Rope { theta } => {
                 arity(2, 2, "2 (x, positions)")?;
-                if !(theta > 0.0) || !theta.is_finite() {
+                if theta.is_nan() || theta <= 0.0 || !theta.is_finite() {
                     return Err(Error::InvalidParam { op, reason: format!("theta must be positive, got {theta}") });
                 }
                 let x = f32_in(0)?;

@@ -55,7 +55,7 @@ impl Shape {
     /// Number of rows when the last dimension is taken as the row length.
     pub fn rows(&self) -> usize {
         let l = self.last();
-        if l == 0 { 0 } else { self.numel() / l }
+        self.numel().checked_div(l).unwrap_or(0)
     }
 
     /// Dimension `i` counted from the end (0 = last); 1 where the shape has fewer dimensions.

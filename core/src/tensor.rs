@@ -55,7 +55,7 @@ impl HostData {
     /// Decodes little-endian bytes. `bytes.len()` must be a multiple of the element size.
     pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Result<HostData> {
         let es = dtype.size_in_bytes();
-        if bytes.len() % es != 0 {
+        if !bytes.len().is_multiple_of(es) {
             return Err(Error::InvalidParam {
                 op: "from_bytes",
                 reason: format!("{} bytes is not a whole number of {dtype} elements", bytes.len()),

@@ -17,7 +17,8 @@ fn widen(d: &HostData) -> Cow<'_, [f32]> {
 pub(super) fn matmul(a_shape: &Shape, a: &[f32], b_shape: &Shape, b: &HostData, trans_b: bool, bias: Option<&[f32]>) -> Vec<f32> {
     let (m, k) = (a_shape.from_end(1), a_shape.from_end(0));
     let n = if trans_b { b_shape.from_end(1) } else { b_shape.from_end(0) };
-    let batch = if m * k == 0 { a_shape.numel() / k.max(1) / m.max(1) } else { a_shape.numel() / (m * k) };
+    // Batch = product of the leading dims (also right when M or K is 0).
+    let batch: usize = a_shape.dims()[..a_shape.rank() - 2].iter().product();
     let shared_b = b_shape.rank() == 2;
     let b = widen(b);
     let mut out = vec![0.0f32; batch * m * n];

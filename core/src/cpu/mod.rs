@@ -53,7 +53,7 @@ pub fn threads() -> usize {
     }
 }
 
-fn host<'a>(t: &'a Tensor) -> Result<&'a HostData> {
+fn host(t: &Tensor) -> Result<&HostData> {
     match &t.storage {
         Storage::Cpu(d) => Ok(d),
         Storage::Gpu(_) => Err(Error::WrongDevice { wanted: "cpu", found: "gpu" }),

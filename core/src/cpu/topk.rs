@@ -1,7 +1,7 @@
 //! Top-k per row: values descending, ties broken by the lower index.
 
 pub(super) fn topk(x: &[f32], n: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let mut vals = Vec::with_capacity(rows * k);
     let mut idx = Vec::with_capacity(rows * k);
     let mut order: Vec<u32> = Vec::with_capacity(n);

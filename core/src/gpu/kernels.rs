@@ -136,11 +136,13 @@ impl Shader {
     }
 }
 
+type PipelineKey = (Shader, &'static str, Vec<(&'static str, u64)>);
+
 /// Pipelines cached by (shader, entry, constants); shader modules and layouts by shader.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: HashMap<Shader, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
-    pipelines: HashMap<(Shader, &'static str, Vec<(&'static str, u64)>), wgpu::ComputePipeline>,
+    pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
 }
 
 impl PipelineCache {

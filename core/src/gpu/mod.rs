@@ -34,6 +34,8 @@ struct Inner {
     cache: Mutex<PipelineCache>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     dispatches: AtomicU64,
+    /// Bound where a kernel's optional input is absent (WebGPU forbids zero-sized bindings).
+    dummy: wgpu::Buffer,
     /// Errors wgpu reports out of band (validation, out of memory), surfaced at the next flush.
     error: Arc<Mutex<Option<String>>>,
 }
@@ -66,7 +68,7 @@ fn describe(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> DeviceInfo {
         name: ai.name.clone(),
         backend: format!("{:?}", ai.backend).to_lowercase().replace("browserwebgpu", "webgpu"),
         device_type: format!("{:?}", ai.device_type),
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -121,6 +123,11 @@ impl GpuBackend {
             lock(&slot).get_or_insert_with(|| e.to_string());
         }));
         let info = describe(&adapter, &limits);
+        let dummy = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("dummy"),
+            contents: &[0u8; 16],
+            usage: wgpu::BufferUsages::STORAGE,
+        });
         Ok(GpuBackend {
             inner: Arc::new(Inner {
                 device,
@@ -130,6 +137,7 @@ impl GpuBackend {
                 cache: Mutex::default(),
                 encoder: Mutex::new(None),
                 dispatches: AtomicU64::new(0),
+                dummy,
                 error,
             }),
         })
@@ -158,7 +166,9 @@ impl GpuBackend {
 
     /// Checks one binding's size against the adapter's limits.
     fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
-        let limit = (self.inner.limits.max_storage_buffer_binding_size as u64).min(self.inner.limits.max_buffer_size);
+        // Kernels index elements with u32, so one binding also stays under 4 GiB.
+        let limits = &self.inner.limits;
+        let limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(u32::MAX as u64);
         if bytes > limit {
             return Err(Error::BufferTooLarge { what: what.to_string(), bytes, limit });
         }
@@ -178,13 +188,9 @@ impl GpuBackend {
         Ok(Tensor { shape, dtype, storage: Storage::Gpu(GpuBuffer { buf }) })
     }
 
-    /// A small read-only buffer for an unused binding (WebGPU forbids zero-sized bindings).
-    pub(crate) fn dummy(&self) -> wgpu::Buffer {
-        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("dummy"),
-            contents: &[0u8; 16],
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+    /// A small read-only buffer for an unused binding.
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.inner.dummy
     }
 
     pub(crate) fn max_groups(&self) -> u32 {

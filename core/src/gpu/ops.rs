@@ -45,13 +45,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let batch = numel / (m * n);
             let stride = if b.rank() == 2 { 0 } else { k * n };
             let tile = if m <= 16 || n <= 16 || m * n <= 64 * 64 { &MATMUL_TILES[1] } else { &MATMUL_TILES[0] };
-            let dummy;
             let bias = match inputs.get(2) {
                 Some(t) => buffer(t)?,
-                None => {
-                    dummy = g.dummy();
-                    &dummy
-                }
+                None => g.dummy(),
             };
             let params = words(&[u(m), u(n), u(k), u(stride), inputs.len() as u32 - 2, 0, 0, 0]);
             let groups = [u(n).div_ceil(tile.bn()), u(m).div_ceil(tile.bm()), u(batch)];
@@ -68,13 +64,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
                 Op::Gelu(GeluKind::Tanh) => ("gelu_tanh", 0.0),
                 _ => ("silu", 0.0),
             };
-            let dummy;
             let (b, b_len) = match inputs.get(1) {
                 Some(t) => (buffer(t)?, t.shape.numel()),
-                None => {
-                    dummy = g.dummy();
-                    (&dummy, 1)
-                }
+                None => (g.dummy(), 1),
             };
             let params = words(&[u(numel), u(b_len.max(1)), alpha.to_bits(), 0]);
             g.dispatch(Shader::Elementwise, entry, &[], &params, &[inb(0)?, b, ob], g.grid(numel, WG)?)?;
@@ -87,9 +79,8 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
                 _ => unreachable!(),
             };
             let shape = &inputs[0].shape;
-            let dummy = g.dummy();
-            let gamma = if inputs.len() > 1 { inb(1)? } else { &dummy };
-            let beta = if inputs.len() > 2 { inb(2)? } else { &dummy };
+            let gamma = if inputs.len() > 1 { inb(1)? } else { g.dummy() };
+            let beta = if inputs.len() > 2 { inb(2)? } else { g.dummy() };
             let params = words(&[u(shape.rows()), u(shape.last()), eps.to_bits(), 0]);
             g.dispatch(Shader::Norm, entry, &[], &params, &[inb(0)?, gamma, beta, ob], g.grid(shape.rows(), 1)?)?;
         }
@@ -110,13 +101,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             if v[3] > 4 * ATTN_WG as usize {
                 return Err(Error::UnsupportedOp { op: name, backend: "gpu (value head dim > 256)", dtype: DType::F32 });
             }
-            let dummy;
             let mask = match inputs.get(3) {
                 Some(t) => buffer(t)?,
-                None => {
-                    dummy = g.dummy();
-                    &dummy
-                }
+                None => g.dummy(),
             };
             let params = words(&[
                 u(q[1]),
