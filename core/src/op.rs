@@ -49,6 +49,9 @@ pub enum Op {
     /// Query head `h` reads kv head `h / (Hq / Hkv)` (grouped-query). With `causal`, query `i` sits at
     /// absolute position `Tk - Tq + i` and sees keys `j <= Tk - Tq + i`. A row with no visible key gives 0.
     Attention { causal: bool, scale: f32 },
+    /// Reorders dimensions: output dim `i` is input dim `perm[i]`, for `i < rank` (entries past the
+    /// input's rank are ignored). `[B, T, H, D] -> [B, H, T, D]` is `perm = [0, 2, 1, 3]`.
+    Permute { perm: [usize; 4] },
     /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
     /// ties broken by lower index.
     TopK { k: usize },
@@ -67,7 +70,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, TopK);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -88,6 +91,7 @@ impl Op {
             Op::Embedding => OpKind::Embedding,
             Op::Rope { .. } => OpKind::Rope,
             Op::Attention { .. } => OpKind::Attention,
+            Op::Permute { .. } => OpKind::Permute,
             Op::TopK { .. } => OpKind::TopK,
         }
     }
@@ -260,6 +264,19 @@ impl Op {
                     }
                 }
                 out(Shape::new(&[b, hq, tq, v.dims()[3]])?, DType::F32)
+            }
+            Op::Permute { perm } => {
+                arity(1, 1, "1")?;
+                let (x, d) = &inputs[0];
+                let r = x.rank();
+                let mut seen = [false; 4];
+                for &p in &perm[..r] {
+                    if p >= r || std::mem::replace(&mut seen[p], true) {
+                        return Err(Error::InvalidParam { op, reason: format!("{:?} is not a permutation of 0..{r}", &perm[..r]) });
+                    }
+                }
+                let dims: Vec<usize> = perm[..r].iter().map(|&p| x.dims()[p]).collect();
+                out(Shape::new(&dims)?, *d)
             }
             Op::TopK { k } => {
                 arity(1, 1, "1")?;

@@ -194,6 +194,20 @@ impl Tensor {
         self.dtype
     }
 
+    /// The same elements under another shape with the same element count (no copy: tensors are
+    /// always contiguous, row-major).
+    pub fn reshape(&self, dims: &[usize]) -> Result<Tensor> {
+        let shape = Shape::new(dims)?;
+        if shape.numel() != self.shape.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                expected: format!("{} elements", self.shape.numel()),
+                got: shape.to_string(),
+            });
+        }
+        Ok(Tensor { shape, dtype: self.dtype, storage: self.storage.clone() })
+    }
+
     /// "cpu" or "gpu".
     pub fn location(&self) -> &'static str {
         match self.storage {

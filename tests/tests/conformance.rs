@@ -126,6 +126,21 @@ fn attention_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     }
 }
 
+fn permute_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    let specs: [(&[usize], [usize; 4]); 5] = [
+        (&[1], [0, 0, 0, 0]),
+        (&[17, 3], [1, 0, 0, 0]),
+        (&[2, 17, 3, 16], [0, 2, 1, 3]),
+        (&[3, 5, 257], [2, 0, 1, 0]),
+        (&[2, 3, 4, 5], [3, 2, 1, 0]),
+    ];
+    for (dims, perm) in specs {
+        v.push(case(format!("permute {dims:?} {perm:?}"), Op::Permute { perm }, vec![f32s(rng, dims, -1.0, 1.0)], 0.0, 0.0));
+    }
+    let ids = TensorData::u32(&[3, 17], (0..51).collect()).unwrap();
+    v.push(case("permute u32 [3, 17]".into(), Op::Permute { perm: [1, 0, 0, 0] }, vec![ids], 0.0, 0.0));
+}
+
 fn topk_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     for (rows, n, k) in [(1usize, 1usize, 1usize), (17, 255, 8), (3, 257, 257), (5, 3, 2), (2, 1000, 4)] {
         // Multiples of 1/4 in a small range: many exact ties, no near-ties.
@@ -142,6 +157,7 @@ fn cases() -> Vec<Case> {
     reduction_cases(&mut rng, &mut v);
     gather_cases(&mut rng, &mut v);
     attention_cases(&mut rng, &mut v);
+    permute_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
     v
 }

@@ -1,4 +1,4 @@
-//! Embedding gather and rotary position embedding.
+//! Data movement: embedding gather, rotary position embedding, permute.
 
 use crate::shape::Shape;
 use crate::tensor::HostData;
@@ -42,4 +42,50 @@ pub(super) fn rope(x: &[f32], shape: &Shape, pos: &[u32], theta: f32) -> Vec<f32
         }
     }
     out
+}
+
+/// Strided copy: output dim `i` is input dim `perm[i]`. Shapes are padded to rank 4 with leading 1s.
+pub(super) fn permute<T: Copy>(x: &[T], shape: &Shape, perm: &[usize; 4]) -> Vec<T> {
+    let r = shape.rank();
+    let pad = 4 - r;
+    let mut in_dims = [1usize; 4];
+    in_dims[pad..].copy_from_slice(shape.dims());
+    let mut in_strides = [0usize; 4];
+    let mut acc = 1;
+    for i in (0..4).rev() {
+        in_strides[i] = acc;
+        acc *= in_dims[i];
+    }
+    // Output axis `pad + i` reads input axis `pad + perm[i]`; padded axes map to themselves.
+    let mut src_axis = [0, 1, 2, 3];
+    for i in 0..r {
+        src_axis[pad + i] = pad + perm[i];
+    }
+    let od: Vec<usize> = src_axis.iter().map(|&a| in_dims[a]).collect();
+    let os: Vec<usize> = src_axis.iter().map(|&a| in_strides[a]).collect();
+    let mut out = Vec::with_capacity(x.len());
+    for a in 0..od[0] {
+        for b in 0..od[1] {
+            for c in 0..od[2] {
+                let base = a * os[0] + b * os[1] + c * os[2];
+                out.extend((0..od[3]).map(|d| x[base + d * os[3]]));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_swaps_middle_axes() {
+        // x [1, 2, 3, 1] with values 0..6 -> [1, 3, 2, 1]
+        let s = Shape::new(&[1, 2, 3, 1]).unwrap();
+        let x: Vec<u32> = (0..6).collect();
+        assert_eq!(permute(&x, &s, &[0, 2, 1, 3]), vec![0, 3, 1, 4, 2, 5]);
+        let s2 = Shape::new(&[2, 3]).unwrap();
+        assert_eq!(permute(&x, &s2, &[1, 0, 0, 0]), vec![0, 3, 1, 4, 2, 5]);
+    }
 }

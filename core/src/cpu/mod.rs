@@ -132,6 +132,17 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             let mask = inputs.get(3).map(|m| u32s(m.1));
             one(attention::attention(&inputs[0].0, x(0), &inputs[1].0, x(1), &inputs[2].0, x(2), mask, causal, scale))
         }
+        Op::Permute { perm } => {
+            let src = &inputs[0];
+            let data = match src.1 {
+                HostData::F32(v) => HostData::F32(embed::permute(v, &src.0, &perm)),
+                HostData::F16(v) => HostData::F16(embed::permute(v, &src.0, &perm)),
+                HostData::BF16(v) => HostData::BF16(embed::permute(v, &src.0, &perm)),
+                HostData::U32(v) => HostData::U32(embed::permute(v, &src.0, &perm)),
+                HostData::I32(v) => HostData::I32(embed::permute(v, &src.0, &perm)),
+            };
+            Ok(vec![TensorData::new(out_shape.dims(), data)?])
+        }
         Op::TopK { k } => {
             let (vals, idx) = topk::topk(x(0), inputs[0].0.last(), k);
             Ok(vec![TensorData::f32(out_shape.dims(), vals)?, TensorData::u32(outs[1].0.dims(), idx)?])

@@ -12,6 +12,7 @@ pub enum Shader {
     Embedding,
     Rope,
     Attention,
+    Permute,
     TopK,
 }
 
@@ -63,8 +64,16 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 7] =
-        [Shader::Matmul, Shader::Elementwise, Shader::Norm, Shader::Embedding, Shader::Rope, Shader::Attention, Shader::TopK];
+    pub const ALL: [Shader; 8] = [
+        Shader::Matmul,
+        Shader::Elementwise,
+        Shader::Norm,
+        Shader::Embedding,
+        Shader::Rope,
+        Shader::Attention,
+        Shader::Permute,
+        Shader::TopK,
+    ];
 
     /// The file stem in `shaders/`.
     pub fn name(self) -> &'static str {
@@ -75,6 +84,7 @@ impl Shader {
             Shader::Embedding => "embedding",
             Shader::Rope => "rope",
             Shader::Attention => "attention",
+            Shader::Permute => "permute",
             Shader::TopK => "topk",
         }
     }
@@ -88,6 +98,7 @@ impl Shader {
             Shader::Embedding => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/embedding.wgsl")),
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
+            Shader::Permute => include_str!("../../../shaders/permute.wgsl"),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
         }
     }
@@ -100,6 +111,7 @@ impl Shader {
             Shader::Embedding => &["embedding"],
             Shader::Rope => &["rope"],
             Shader::Attention => &["attention"],
+            Shader::Permute => &["permute"],
             Shader::TopK => &["topk"],
         }
     }
@@ -110,6 +122,7 @@ impl Shader {
         match self {
             Shader::Matmul => &[Read, Read, Read, ReadWrite],
             Shader::Elementwise | Shader::Embedding | Shader::Rope => &[Read, Read, ReadWrite],
+            Shader::Permute => &[Read, ReadWrite],
             Shader::Norm => &[Read, Read, Read, ReadWrite],
             Shader::Attention => &[Read, Read, Read, Read, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],

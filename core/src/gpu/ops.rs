@@ -15,6 +15,7 @@ const ATTN_WG: u32 = 64;
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
         Op::Matmul { .. } | Op::Embedding => dtype.is_float(),
+        Op::Permute { .. } => dtype.size_in_bytes() == 4,
         _ => dtype == DType::F32,
     }
 }
@@ -30,6 +31,10 @@ fn u(x: usize) -> u32 {
 
 pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta]) -> Result<Vec<Tensor>> {
     let name = op.name();
+    if !supports(op, inputs.first().map_or(DType::F32, |t| t.dtype)) {
+        let dtype = inputs[0].dtype;
+        return Err(Error::UnsupportedOp { op: name, backend: "gpu", dtype });
+    }
     let out = outs.iter().map(|(s, d)| g.alloc(*s, *d, name)).collect::<Result<Vec<_>>>()?;
     let ob = buffer(&out[0])?;
     let inb = |i: usize| buffer(inputs[i]);
@@ -121,6 +126,29 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             ]);
             let groups = [u(q[2]), u(q[1]), u(q[0])];
             g.dispatch(Shader::Attention, "attention", &[], &params, &[inb(0)?, inb(1)?, inb(2)?, mask, ob], groups)?;
+        }
+        Op::Permute { perm } => {
+            let x = &inputs[0].shape;
+            let pad = 4 - x.rank();
+            let mut in_dims = [1usize; 4];
+            in_dims[pad..].copy_from_slice(x.dims());
+            let mut stride = [0usize; 4];
+            let mut acc = 1;
+            for i in (0..4).rev() {
+                stride[i] = acc;
+                acc *= in_dims[i];
+            }
+            let mut od = [1u32; 4];
+            let mut os = [0u32; 4];
+            for i in 0..4 {
+                let a = if i < pad { i } else { pad + perm[i - pad] };
+                od[i] = u(in_dims[a]);
+                os[i] = u(stride[a]);
+            }
+            let mut w = od.to_vec();
+            w.extend_from_slice(&os);
+            w.extend_from_slice(&[u(numel), 0, 0, 0]);
+            g.dispatch(Shader::Permute, "permute", &[], &words(&w), &[inb(0)?, ob], g.grid(numel, WG)?)?;
         }
         Op::TopK { k } => {
             let x = &inputs[0].shape;
