@@ -22,12 +22,15 @@
 
 pub mod cpu;
 mod device;
+pub mod models;
 pub mod dtype;
 pub mod error;
+pub mod formats;
 pub mod gpu;
 pub mod op;
 pub mod shape;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use device::{Device, DeviceChoice, DeviceInfo};
 pub use dtype::DType;
