@@ -1,0 +1,175 @@
+//! Hugging Face safetensors: reading (memory-mapped natively, from bytes in wasm) and writing.
+//!
+//! The header is validated in full when the file is opened (see `header.rs`): offsets inside the
+//! data section, no overlaps, byte length = shape × dtype size, sane shapes, a capped header
+//! length. After that, slicing the data cannot fail. Tensors whose dtype the runtime does not
+//! compute in (I64 `position_ids`, U8, BOOL, F64, ...) are still listed with their dtype string;
+//! loading one gives [`FileError::UnsupportedDType`], so a model can skip it.
+//!
+//! We parse the header ourselves rather than through the `safetensors` crate so that every defect
+//! maps to our typed [`FileError`] with the file and tensor named; the crate is used in the tests
+//! as the reference that our reader and writer agree with.
+
+mod header;
+#[cfg(test)]
+mod tests;
+mod write;
+
+pub use header::{dtype_size, MAX_HEADER_LEN};
+pub use write::serialize;
+#[cfg(not(target_arch = "wasm32"))]
+pub use write::write;
+
+use crate::dtype::DType;
+use crate::error::{Error, FileError, Result};
+use crate::shape::Shape;
+use crate::tensor::TensorData;
+use std::collections::{BTreeMap, HashMap};
+
+/// One tensor as the header describes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    /// The safetensors dtype name ("F32", "BF16", "I64", ...), whether or not we can load it.
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Length in the data section.
+    pub bytes: u64,
+    /// Start, relative to the data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    /// The runtime dtype this tensor loads as, or `None` when [`SafeTensors::tensor`] refuses it.
+    pub fn runtime_dtype(&self) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.safetensors_name() == self.dtype)
+    }
+}
+
+/// The file's bytes: a read-only mapping natively, or a buffer the caller handed over.
+enum Buffer {
+    Owned(Vec<u8>),
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+}
+
+impl Buffer {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Owned(v) => v,
+            #[cfg(not(target_arch = "wasm32"))]
+            Buffer::Mapped(m) => m,
+        }
+    }
+}
+
+/// An open, validated safetensors file.
+pub struct SafeTensors {
+    file: String,
+    buf: Buffer,
+    data_start: usize,
+    /// In file order.
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SafeTensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafeTensors").field("file", &self.file).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+impl SafeTensors {
+    /// Maps `path` read-only and validates its header.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<SafeTensors> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let io = |source| Error::Io { path: file.clone(), source };
+        let f = std::fs::File::open(path).map_err(io)?;
+        let meta = f.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+        }
+        if meta.len() < 8 {
+            // Checked before mapping: mapping an empty file fails on some platforms with a vaguer error.
+            return Err(Error::file(file, FileError::Truncated(format!("{} bytes, but the header length alone takes 8", meta.len()))));
+        }
+        // SAFETY: the mapping is read-only and we never hand out references that outlive `self`.
+        // Another process truncating or rewriting the file while it is mapped is undefined
+        // behaviour; every mmap-based weights loader (candle, the safetensors Python package)
+        // accepts that risk to avoid copying gigabytes.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        SafeTensors::build(file, Buffer::Mapped(map))
+    }
+
+    /// Validates `bytes` (a whole file, e.g. fetched in the browser); `name` is used in messages.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<SafeTensors> {
+        SafeTensors::build(name.into(), Buffer::Owned(bytes))
+    }
+
+    fn build(file: String, buf: Buffer) -> Result<SafeTensors> {
+        let h = header::parse(&file, buf.bytes())?;
+        let index = h.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(SafeTensors { file, buf, data_start: h.data_start, tensors: h.tensors, index, metadata: h.metadata })
+    }
+
+    /// The path or name given when opening, as used in error messages.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Tensor names in file order (including those with unsupported dtypes).
+    pub fn names(&self) -> Vec<&str> {
+        self.tensors.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Every tensor's header entry, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The `__metadata__` object (empty when absent).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The header entry for `name`, or [`FileError::MissingTensor`].
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        match self.index.get(name) {
+            Some(&i) => Ok(&self.tensors[i]),
+            None => Err(Error::file(&self.file, FileError::MissingTensor(name.to_owned()))),
+        }
+    }
+
+    /// The raw little-endian bytes of `name`, whatever its dtype. Not aligned in general.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        let t = self.info(name)?;
+        // The header check guaranteed offset + bytes <= data length, so this cannot go out of range.
+        let start = self.data_start + t.offset as usize;
+        Ok(&self.buf.bytes()[start..start + t.bytes as usize])
+    }
+
+    /// Loads `name` into host memory (one copy out of the mapping). Unsupported dtypes give
+    /// [`FileError::UnsupportedDType`], ranks above 4 [`FileError::AbsurdShape`].
+    pub fn tensor(&self, name: &str) -> Result<TensorData> {
+        let t = self.info(name)?;
+        let Some(dtype) = t.runtime_dtype() else {
+            return Err(Error::file(&self.file, FileError::UnsupportedDType { tensor: t.name.clone(), dtype: t.dtype.clone() }));
+        };
+        if Shape::new(&t.shape).is_err() {
+            return Err(Error::file(&self.file, FileError::AbsurdShape { tensor: t.name.clone(), shape: t.shape.clone() }));
+        }
+        TensorData::from_bytes(dtype, &t.shape, self.bytes(name)?)
+    }
+
+    /// Sum of all tensors' byte lengths.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes).sum()
+    }
+}

@@ -1,0 +1,70 @@
+//! Writing safetensors files (fixtures, dumped logits). Output matches the reference writer: the
+//! header is padded with spaces to a multiple of 8 bytes so the data section is 8-byte aligned, and
+//! tensors are laid out back to back in the order given.
+
+use crate::error::{Error, Result};
+use crate::tensor::TensorData;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+
+const OP: &str = "safetensors::write";
+
+/// The whole file in memory.
+pub fn serialize(tensors: &[(&str, &TensorData)], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
+    let mut out = prefix_and_header(tensors, metadata)?;
+    for (_, t) in tensors {
+        out.extend_from_slice(t.data().as_bytes());
+    }
+    Ok(out)
+}
+
+/// Writes the file to `path`, streaming tensor data rather than building the file in memory.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write(
+    path: impl AsRef<std::path::Path>,
+    tensors: &[(&str, &TensorData)],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let head = prefix_and_header(tensors, metadata)?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    w.write_all(&head).map_err(io)?;
+    for (_, t) in tensors {
+        w.write_all(t.data().as_bytes()).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+/// The 8-byte length, then the padded JSON header.
+fn prefix_and_header(tensors: &[(&str, &TensorData)], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
+    let mut header = Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), json!(m));
+    }
+    let mut seen = HashSet::new();
+    let mut offset = 0u64;
+    for (name, t) in tensors {
+        if *name == "__metadata__" || !seen.insert(*name) {
+            let why = if *name == "__metadata__" { "is reserved" } else { "appears twice" };
+            return Err(Error::InvalidParam { op: OP, reason: format!("tensor name '{name}' {why}") });
+        }
+        let len = t.data().as_bytes().len() as u64;
+        let entry = json!({
+            "dtype": t.dtype().safetensors_name(),
+            "shape": t.dims(),
+            "data_offsets": [offset, offset + len],
+        });
+        header.insert((*name).to_owned(), entry);
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| Error::InvalidParam { op: OP, reason: format!("header: {e}") })?;
+    // Pad so the data section starts 8-byte aligned, as the reference writer does.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
