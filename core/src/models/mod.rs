@@ -4,6 +4,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod hf;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
