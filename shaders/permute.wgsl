@@ -30,3 +30,4 @@ fn permute(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let o0 = rem;
     out[i] = x[o0 * p.src_stride.x + o1 * p.src_stride.y + o2 * p.src_stride.z + o3 * p.src_stride.w];
 }
+

@@ -52,6 +52,8 @@ pub enum Op {
     /// Reorders dimensions: output dim `i` is input dim `perm[i]`, for `i < rank` (entries past the
     /// input's rank are ignored). `[B, T, H, D] -> [B, H, T, D]` is `perm = [0, 2, 1, 3]`.
     Permute { perm: [usize; 4] },
+    /// Joins two tensors along `axis`; every other dimension must agree (the KV cache grows this way).
+    Concat { axis: usize },
     /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
     /// ties broken by lower index.
     TopK { k: usize },
@@ -70,7 +72,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, Concat, TopK);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -92,6 +94,7 @@ impl Op {
             Op::Rope { .. } => OpKind::Rope,
             Op::Attention { .. } => OpKind::Attention,
             Op::Permute { .. } => OpKind::Permute,
+            Op::Concat { .. } => OpKind::Concat,
             Op::TopK { .. } => OpKind::TopK,
         }
     }
@@ -277,6 +280,23 @@ impl Op {
                 }
                 let dims: Vec<usize> = perm[..r].iter().map(|&p| x.dims()[p]).collect();
                 out(Shape::new(&dims)?, *d)
+            }
+            Op::Concat { axis } => {
+                arity(2, 2, "2")?;
+                let ((a, ad), (b, bd)) = (&inputs[0], &inputs[1]);
+                if ad != bd {
+                    return Err(Error::DTypeMismatch { op, expected: format!("{ad} for both inputs"), got: *bd });
+                }
+                if axis >= a.rank() {
+                    return Err(Error::InvalidParam { op, reason: format!("axis {axis} on rank {}", a.rank()) });
+                }
+                let same = a.rank() == b.rank() && (0..a.rank()).all(|i| i == axis || a.dims()[i] == b.dims()[i]);
+                if !same {
+                    return Err(mismatch(format!("{a} except along axis {axis}"), b));
+                }
+                let mut d = a.dims().to_vec();
+                d[axis] += b.dims()[axis];
+                out(Shape::new(&d)?, *ad)
             }
             Op::TopK { k } => {
                 arity(1, 1, "1")?;

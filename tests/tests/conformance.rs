@@ -137,6 +137,11 @@ fn permute_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     for (dims, perm) in specs {
         v.push(case(format!("permute {dims:?} {perm:?}"), Op::Permute { perm }, vec![f32s(rng, dims, -1.0, 1.0)], 0.0, 0.0));
     }
+    let concat: [(&[usize], &[usize], usize); 4] = [(&[1], &[1], 0), (&[1, 2, 3, 16], &[1, 2, 17, 16], 2), (&[3, 5], &[3, 257], 1), (&[2, 3], &[255, 3], 0)];
+    for (a, b, axis) in concat {
+        let inputs = vec![f32s(rng, a, -1.0, 1.0), f32s(rng, b, -1.0, 1.0)];
+        v.push(case(format!("concat {a:?} {b:?} axis {axis}"), Op::Concat { axis }, inputs, 0.0, 0.0));
+    }
     let ids = TensorData::u32(&[3, 17], (0..51).collect()).unwrap();
     v.push(case("permute u32 [3, 17]".into(), Op::Permute { perm: [1, 0, 0, 0] }, vec![ids], 0.0, 0.0));
 }

@@ -75,6 +75,16 @@ pub(super) fn permute<T: Copy>(x: &[T], shape: &Shape, perm: &[usize; 4]) -> Vec
     out
 }
 
+/// `outer` blocks, each `ra` elements of `a` followed by `rb` of `b`.
+pub(super) fn concat<T: Copy>(a: &[T], b: &[T], outer: usize, ra: usize, rb: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for o in 0..outer {
+        out.extend_from_slice(&a[o * ra..(o + 1) * ra]);
+        out.extend_from_slice(&b[o * rb..(o + 1) * rb]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

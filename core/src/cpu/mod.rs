@@ -143,6 +143,20 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             };
             Ok(vec![TensorData::new(out_shape.dims(), data)?])
         }
+        Op::Concat { axis } => {
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let outer: usize = a.0.dims()[..axis].iter().product();
+            let (ra, rb) = (a.0.numel() / outer.max(1), b.0.numel() / outer.max(1));
+            let data = match (a.1, b.1) {
+                (HostData::F32(x), HostData::F32(y)) => HostData::F32(embed::concat(x, y, outer, ra, rb)),
+                (HostData::F16(x), HostData::F16(y)) => HostData::F16(embed::concat(x, y, outer, ra, rb)),
+                (HostData::BF16(x), HostData::BF16(y)) => HostData::BF16(embed::concat(x, y, outer, ra, rb)),
+                (HostData::U32(x), HostData::U32(y)) => HostData::U32(embed::concat(x, y, outer, ra, rb)),
+                (HostData::I32(x), HostData::I32(y)) => HostData::I32(embed::concat(x, y, outer, ra, rb)),
+                _ => unreachable!("Op::infer checked the dtypes agree"),
+            };
+            Ok(vec![TensorData::new(out_shape.dims(), data)?])
+        }
         Op::TopK { k } => {
             let (vals, idx) = topk::topk(x(0), inputs[0].0.last(), k);
             Ok(vec![TensorData::f32(out_shape.dims(), vals)?, TensorData::u32(outs[1].0.dims(), idx)?])

@@ -13,6 +13,7 @@ pub enum Shader {
     Rope,
     Attention,
     Permute,
+    Concat,
     TopK,
 }
 
@@ -64,7 +65,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 8] = [
+    pub const ALL: [Shader; 9] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -72,6 +73,7 @@ impl Shader {
         Shader::Rope,
         Shader::Attention,
         Shader::Permute,
+        Shader::Concat,
         Shader::TopK,
     ];
 
@@ -85,6 +87,7 @@ impl Shader {
             Shader::Rope => "rope",
             Shader::Attention => "attention",
             Shader::Permute => "permute",
+            Shader::Concat => "concat",
             Shader::TopK => "topk",
         }
     }
@@ -99,6 +102,7 @@ impl Shader {
             Shader::Rope => include_str!("../../../shaders/rope.wgsl"),
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
             Shader::Permute => include_str!("../../../shaders/permute.wgsl"),
+            Shader::Concat => include_str!("../../../shaders/concat.wgsl"),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
         }
     }
@@ -112,6 +116,7 @@ impl Shader {
             Shader::Rope => &["rope"],
             Shader::Attention => &["attention"],
             Shader::Permute => &["permute"],
+            Shader::Concat => &["concat"],
             Shader::TopK => &["topk"],
         }
     }
@@ -121,7 +126,7 @@ impl Shader {
         use Bind::*;
         match self {
             Shader::Matmul => &[Read, Read, Read, ReadWrite],
-            Shader::Elementwise | Shader::Embedding | Shader::Rope => &[Read, Read, ReadWrite],
+            Shader::Elementwise | Shader::Embedding | Shader::Rope | Shader::Concat => &[Read, Read, ReadWrite],
             Shader::Permute => &[Read, ReadWrite],
             Shader::Norm => &[Read, Read, Read, ReadWrite],
             Shader::Attention => &[Read, Read, Read, Read, ReadWrite],

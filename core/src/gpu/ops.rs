@@ -15,7 +15,7 @@ const ATTN_WG: u32 = 64;
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
         Op::Matmul { .. } | Op::Embedding => dtype.is_float(),
-        Op::Permute { .. } => dtype.size_in_bytes() == 4,
+        Op::Permute { .. } | Op::Concat { .. } => dtype.size_in_bytes() == 4,
         _ => dtype == DType::F32,
     }
 }
@@ -149,6 +149,12 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             w.extend_from_slice(&os);
             w.extend_from_slice(&[u(numel), 0, 0, 0]);
             g.dispatch(Shader::Permute, "permute", &[], &words(&w), &[inb(0)?, ob], g.grid(numel, WG)?)?;
+        }
+        Op::Concat { axis } => {
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            let outer: usize = a.dims()[..axis].iter().product();
+            let params = words(&[u(numel), u(a.numel() / outer), u(b.numel() / outer), 0]);
+            g.dispatch(Shader::Concat, "concat", &[], &params, &[inb(0)?, inb(1)?, ob], g.grid(numel, WG)?)?;
         }
         Op::TopK { k } => {
             let x = &inputs[0].shape;
