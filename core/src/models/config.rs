@@ -34,11 +34,76 @@ fn absolute() -> String {
     "absolute".into()
 }
 
+/// Llama-family decoders: Llama, Mistral, Qwen2 (q/k/v bias), SmolLM.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "llama_eps")]
+    pub rms_norm_eps: f32,
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    /// transformers 5 moves `rope_theta` into `rope_parameters`.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default = "max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default = "silu")]
+    pub hidden_act: String,
+}
+
+fn llama_eps() -> f32 {
+    1e-6
+}
+fn max_pos() -> usize {
+    2048
+}
+fn silu() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+    pub fn theta(&self) -> f32 {
+        let from_params = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64());
+        self.rope_theta.or(from_params.map(|v| v as f32)).unwrap_or(10000.0)
+    }
+    /// End-of-sequence ids (`eos_token_id` may be one id or a list).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The architectures taskloom runs, parsed from `config.json`.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum ModelConfig {
     Bert(BertConfig),
+    Llama(LlamaConfig),
 }
 
 #[derive(Deserialize)]
@@ -75,6 +140,24 @@ impl ModelConfig {
                     });
                 }
                 ModelConfig::Bert(c)
+            }
+            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM", _) | ("", "llama" | "mistral" | "qwen2") => {
+                let mut c: LlamaConfig = serde_json::from_str(json).map_err(bad)?;
+                if c.attention_bias.is_none() {
+                    // Qwen2 always has q/k/v biases; its config does not say so.
+                    c.attention_bias = Some(arch == "Qwen2ForCausalLM" || mt == "qwen2");
+                }
+                let (h, kv) = (c.num_attention_heads, c.kv_heads());
+                if h == 0 || kv == 0 || h % kv != 0 || c.head_dim() % 2 != 0 {
+                    return Err(Error::File {
+                        file: file.into(),
+                        kind: FileError::BadHeader(format!("{h} heads, {kv} kv heads, head_dim {}: not a valid grouping", c.head_dim())),
+                    });
+                }
+                if c.hidden_act != "silu" {
+                    return Err(Error::InvalidParam { op: "config", reason: format!("{file}: hidden_act '{}' is not supported", c.hidden_act) });
+                }
+                ModelConfig::Llama(c)
             }
             _ => {
                 return Err(Error::InvalidParam {

@@ -103,7 +103,10 @@ pub struct Encoder {
 impl Encoder {
     pub fn load(files: &dyn Files, device: Device) -> Result<Encoder> {
         let cfg_text = String::from_utf8_lossy(&required(files, "config.json")?).into_owned();
-        let ModelConfig::Bert(cfg) = ModelConfig::parse("config.json", &cfg_text)?;
+        let cfg = match ModelConfig::parse("config.json", &cfg_text)? {
+            ModelConfig::Bert(c) => c,
+            _ => return Err(Error::InvalidParam { op: "encoder", reason: format!("{}: config.json describes a decoder", files.name()) }),
+        };
         let tokenizer = Tokenizer::from_bytes("tokenizer.json", &required(files, "tokenizer.json")?)?;
         let pooling = match files.read("1_Pooling/config.json")? {
             None => None,

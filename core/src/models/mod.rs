@@ -4,7 +4,9 @@
 
 pub mod bert;
 pub mod config;
+pub mod generate;
 pub mod hf;
+pub mod llama;
 
 use crate::device::Device;
 use crate::error::{Error, Result};

@@ -1,0 +1,130 @@
+//! Llama-family decoder (Llama, Mistral, Qwen2, SmolLM): RMSNorm → GQA self-attention with RoPE
+//! and a KV cache → RMSNorm → SiLU-gated MLP, residuals around both; tied or separate `lm_head`.
+//!
+//! Shapes: T new tokens, S cached + new tokens, C hidden, Hq/Hkv heads, D head dim, F MLP, V vocab.
+
+use super::config::LlamaConfig;
+use super::{load, Linear, Norm, Weights};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::tensor::{Tensor, TensorData};
+
+struct Layer {
+    ln1: Norm,     // [C] RMSNorm
+    q: Linear,     // [Hq*D, C]
+    k: Linear,     // [Hkv*D, C]
+    v: Linear,     // [Hkv*D, C]
+    o: Linear,     // [C, Hq*D]
+    ln2: Norm,     // [C]
+    gate: Linear,  // [F, C]
+    up: Linear,    // [F, C]
+    down: Linear,  // [C, F]
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    embed: Tensor,   // [V, C]
+    layers: Vec<Layer>,
+    norm: Norm,
+    lm_head: Tensor, // [V, C] (the embedding when tied)
+}
+
+/// Keys and values of every layer so far: `[1, Hkv, S, D]` each.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+fn rms(dev: &Device, w: &dyn Weights, name: &str, c: usize, eps: f32) -> Result<Norm> {
+    Ok(Norm { gamma: load(dev, w, name, &[c])?, beta: None, eps })
+}
+
+impl Llama {
+    pub fn load(dev: &Device, cfg: LlamaConfig, w: &dyn Weights) -> Result<Llama> {
+        let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (hq, hkv, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let bias = cfg.attention_bias.unwrap_or(false);
+        let eps = cfg.rms_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                ln1: rms(dev, w, &format!("{p}.input_layernorm.weight"), c, eps)?,
+                q: Linear::load(dev, w, &format!("{p}.self_attn.q_proj"), c, hq * d, bias)?,
+                k: Linear::load(dev, w, &format!("{p}.self_attn.k_proj"), c, hkv * d, bias)?,
+                v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
+                o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
+                ln2: rms(dev, w, &format!("{p}.post_attention_layernorm.weight"), c, eps)?,
+                gate: Linear::load(dev, w, &format!("{p}.mlp.gate_proj"), c, f, false)?,
+                up: Linear::load(dev, w, &format!("{p}.mlp.up_proj"), c, f, false)?,
+                down: Linear::load(dev, w, &format!("{p}.mlp.down_proj"), f, c, false)?,
+            });
+        }
+        let embed = load(dev, w, "model.embed_tokens.weight", &[v, c])?;
+        // Tied when the config says so or when the file simply has no lm_head.
+        let lm_head = if cfg.tie_word_embeddings || !w.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            load(dev, w, "lm_head.weight", &[v, c])?
+        };
+        let norm = rms(dev, w, "model.norm.weight", c, eps)?;
+        Ok(Llama { cfg, embed, layers, norm, lm_head })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+    }
+
+    /// Runs `ids` (T new tokens) after what `cache` holds; returns logits `[T, V]` for every new
+    /// position when `all_logits`, else `[1, V]` for the last one. Stays on the device.
+    pub fn forward(&self, dev: &Device, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let t = ids.len();
+        let (hq, hkv, d) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
+        if t == 0 {
+            return Err(Error::InvalidParam { op: "llama", reason: "no tokens to run".into() });
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidParam { op: "llama", reason: format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size) });
+        }
+        let start = cache.len;
+        let ids_t = dev.upload(&TensorData::u32(&[t], ids.to_vec())?)?;
+        let pos = dev.upload(&TensorData::u32(&[t], (start..start + t).map(|p| p as u32).collect())?)?;
+        let rope = Op::Rope { theta: self.cfg.theta() };
+        let to_heads = Op::Permute { perm: [0, 2, 1, 3] };
+        let attn = Op::Attention { causal: true, scale: 1.0 / (d as f32).sqrt() };
+
+        let mut x = dev.exec1(&Op::Embedding, &[&self.embed, &ids_t])?; // [T, C]
+        for (l, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = l.ln1.forward(dev, &x)?;
+            let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[1, t, n, d])?]);
+            let q = dev.exec1(&rope, &[&heads(l.q.forward(dev, &h)?, hq)?, &pos])?;
+            let k = dev.exec1(&rope, &[&heads(l.k.forward(dev, &h)?, hkv)?, &pos])?;
+            let v = heads(l.v.forward(dev, &h)?, hkv)?;
+            let (k, v) = match slot.take() {
+                None => (k, v),
+                Some((ck, cv)) => {
+                    (dev.exec1(&Op::Concat { axis: 2 }, &[&ck, &k])?, dev.exec1(&Op::Concat { axis: 2 }, &[&cv, &v])?)
+                }
+            };
+            let a = dev.exec1(&attn, &[&q, &k, &v])?; // [1, Hq, T, D]
+            *slot = Some((k, v));
+            let a = dev.exec1(&to_heads, &[&a])?.reshape(&[t, hq * d])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a)?])?;
+            let h = l.ln2.forward(dev, &x)?;
+            let g = dev.exec1(&Op::Silu, &[&l.gate.forward(dev, &h)?])?;
+            let m = dev.exec1(&Op::Mul, &[&g, &l.up.forward(dev, &h)?])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.down.forward(dev, &m)?])?;
+        }
+        cache.len += t;
+        let x = if all_logits || t == 1 {
+            x
+        } else {
+            // The last row, gathered with the embedding op (x is an f32 [T, C] table).
+            let last = dev.upload(&TensorData::u32(&[1], vec![t as u32 - 1])?)?;
+            dev.exec1(&Op::Embedding, &[&x, &last])?
+        };
+        let x = self.norm.forward(dev, &x)?;
+        dev.exec1(&Op::Matmul { trans_b: true }, &[&x, &self.lm_head])
+    }
+}
