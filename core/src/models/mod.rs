@@ -3,6 +3,7 @@
 //! and runs its forward pass as a sequence of ops on that device.
 
 pub mod bert;
+pub mod causal;
 pub mod config;
 pub mod generate;
 pub mod hf;

@@ -1,0 +1,148 @@
+//! A causal language model ready to chat: decoder + tokenizer + chat template + stop tokens, from a
+//! Hugging Face folder or a GGUF file; prompt logits (`--dump`) and streamed generation.
+
+use super::config::{LlamaConfig, ModelConfig};
+use super::generate::{sample, Rng, Sampling};
+use super::hf::Files;
+use super::llama::Llama;
+use super::Weights;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::TensorData;
+use crate::tokenizer::Tokenizer;
+
+pub struct CausalLm {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    /// Jinja source of the chat template (`tokenizer_config.json` or GGUF metadata).
+    pub chat_template: Option<String>,
+    /// Tokens that end generation.
+    pub eos: Vec<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub device: Device,
+}
+
+fn token_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl CausalLm {
+    /// A Hugging Face folder: `config.json`, safetensors, `tokenizer.json`, `tokenizer_config.json`.
+    pub fn load(files: &dyn Files, device: Device) -> Result<CausalLm> {
+        let need = |rel: &str| {
+            files.read(rel)?.ok_or_else(|| Error::Io {
+                path: format!("{}/{rel}", files.name()),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing from the model folder"),
+            })
+        };
+        let cfg = match ModelConfig::parse("config.json", &String::from_utf8_lossy(&need("config.json")?))? {
+            ModelConfig::Llama(c) => c,
+            _ => return Err(Error::InvalidParam { op: "generate", reason: format!("{}: config.json describes an encoder", files.name()) }),
+        };
+        let tokenizer = Tokenizer::from_bytes("tokenizer.json", &need("tokenizer.json")?)?;
+        let tc: serde_json::Value = match files.read("tokenizer_config.json")? {
+            Some(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Null,
+        };
+        let mut template = tc.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+        if template.is_none() {
+            template = files.read("chat_template.jinja")?.map(|b| String::from_utf8_lossy(&b).into_owned());
+        }
+        let bos = tc.get("bos_token").and_then(token_text);
+        let eos = tc.get("eos_token").and_then(token_text);
+        let weights = files.weights()?;
+        CausalLm::from_parts(cfg, &weights, tokenizer, template, bos, eos, device)
+    }
+
+    pub fn from_parts(
+        cfg: LlamaConfig,
+        weights: &dyn Weights,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        device: Device,
+    ) -> Result<CausalLm> {
+        let mut eos = cfg.eos_ids();
+        if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_id(t)) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
+        let model = Llama::load(&device, cfg, weights)?;
+        Ok(CausalLm { model, tokenizer, chat_template, eos, bos_token, eos_token, device })
+    }
+
+    /// The prompt for one user message through the model's chat template, with the assistant turn
+    /// opened (`add_generation_prompt`).
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let src = self.chat_template.as_deref().ok_or_else(|| Error::InvalidParam {
+            op: "chat",
+            reason: "this model has no chat template".into(),
+        })?;
+        let mut env = minijinja::Environment::new();
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        let bad = |e: minijinja::Error| Error::InvalidParam { op: "chat template", reason: e.to_string() };
+        env.add_template("chat", src).map_err(bad)?;
+        let ctx = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => user }],
+            add_generation_prompt => true,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        };
+        env.get_template("chat").map_err(bad)?.render(ctx).map_err(bad)
+    }
+
+    /// Token ids of `text` (special tokens added as the tokenizer is configured to).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(text)?.ids)
+    }
+
+    /// Logits `[T, V]` for every prompt position (a fresh cache).
+    pub async fn prompt_logits(&self, ids: &[u32]) -> Result<TensorData> {
+        let mut cache = self.model.new_cache();
+        let l = self.model.forward(&self.device, ids, &mut cache, true)?;
+        self.device.download(&l).await
+    }
+
+    /// Generates after `prompt`; `on_token(id, new_text)` gets each token and the text it adds, and
+    /// may return `false` to stop. Returns the generated ids (stop token included when hit).
+    pub async fn generate(&self, prompt: &[u32], s: &Sampling, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Vec<u32>> {
+        let mut cache = self.model.new_cache();
+        let mut rng = Rng::new(s.seed);
+        let mut all = prompt.to_vec();
+        let mut out = Vec::new();
+        let mut text_len = 0;
+        let mut next_input = prompt.to_vec();
+        while out.len() < s.max_tokens {
+            let logits = self.model.forward(&self.device, &next_input, &mut cache, false)?;
+            let row = self.device.download(&logits).await?;
+            let tok = sample(row.as_f32()?, &all, s, &mut rng);
+            out.push(tok);
+            all.push(tok);
+            let stop = self.eos.contains(&tok) || s.stop.contains(&tok);
+            let text = self.tokenizer.decode(&out, true)?;
+            // Emit only whole characters: a byte-level token may end mid-way through one.
+            let piece = match text.get(text_len..) {
+                Some(p) if !text.ends_with('\u{FFFD}') => {
+                    let p = p.to_string();
+                    text_len = text.len();
+                    p
+                }
+                _ => String::new(),
+            };
+            if !on_token(tok, &piece) || stop {
+                break;
+            }
+            next_input = vec![tok];
+        }
+        Ok(out)
+    }
+}
