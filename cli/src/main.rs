@@ -1,1 +1,105 @@
-fn main() {}
+//! `taskloom`: the native edge binary. Thin on purpose: parse arguments, call the core crate, print.
+//! Every failure is one line on stderr (`taskloom: <message>`) and a non-zero exit status; a panic
+//! is reported the same way by the hook installed in `main`, never as a backtrace.
+
+mod bench;
+mod demo;
+mod devices;
+mod inspect;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "taskloom", version, about = "Multi-task / LoRA / MoE runtime on WebGPU, wgpu or the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List GPU adapters, the device `auto` picks, and their limits.
+    Devices(devices::Args),
+    /// List the tensors of a .safetensors file or of every one in a folder.
+    Inspect(inspect::Args),
+    /// Micro-benchmarks.
+    Bench(bench::Args),
+    /// Self-check: a 256x256 matmul on the chosen device, compared with the CPU.
+    Demo(demo::Args),
+}
+
+/// Why a command failed: a core error, or a message of the CLI's own (bad path, mismatch, ...).
+#[derive(Debug)]
+pub enum CliError {
+    Core(taskloom::Error),
+    Msg(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Core(e) => write!(f, "{e}"),
+            CliError::Msg(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<taskloom::Error> for CliError {
+    fn from(e: taskloom::Error) -> Self {
+        CliError::Core(e)
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("taskloom: internal error: {}{at} (please report this)", one_line(&msg));
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    let res = match cli.cmd {
+        Cmd::Devices(a) => devices::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Demo(a) => demo::run(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskloom: {}", one_line(&e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help` and `--version` print as clap renders them; real usage errors become one line (clap's
+/// own rendering adds a usage block and tips over several lines).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        // Printing can only fail on a closed stdout, where there is nobody left to tell.
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    eprintln!("taskloom: {} (see --help)", first.trim_start_matches("error: "));
+    ExitCode::from(2)
+}
+
+/// Messages from lower layers (serde_json, wgpu) can carry newlines; the contract is one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
