@@ -81,3 +81,34 @@ pub fn compare(got: &TensorData, want: &TensorData, atol: f32, rtol: f32) -> Res
 fn head(t: &TensorData) -> Vec<f32> {
     t.to_f32_vec().into_iter().take(16).collect()
 }
+
+/// A packaged real model under `target/models/` (see `scripts/fetch-models.sh`), or `None` with the
+/// reason printed. With `TASKLOOM_REQUIRE_MODELS=1` (set in CI) a missing model fails the test.
+pub fn model_or_skip(test: &str, rel: &str) -> Option<std::path::PathBuf> {
+    let root = std::env::var("TASKLOOM_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/models"));
+    let p = root.join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("TASKLOOM_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+        panic!("{test}: TASKLOOM_REQUIRE_MODELS=1 but {} is missing (run scripts/fetch-models.sh)", p.display());
+    }
+    eprintln!("SKIP {test}: {} is missing (run scripts/fetch-models.sh)", p.display());
+    None
+}
+
+/// A committed fixture file, parsed as JSON.
+pub fn fixture_json(name: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
