@@ -47,29 +47,38 @@ fn webgpu_available() -> bool {
     }
 }
 
+/// A short description of a JS value for error messages (`JsValue`'s Debug output is noisy).
+fn show(v: &JsValue) -> String {
+    v.as_f64()
+        .map(|f| f.to_string())
+        .or_else(|| v.as_string().map(|s| format!("{s:?}")))
+        .or_else(|| v.js_typeof().as_string())
+        .unwrap_or_default()
+}
+
 /// Reads `opts[key]` as an optional value (`opts` itself may be undefined or null).
 fn opt_field(opts: &JsValue, key: &str) -> Result<Option<JsValue>, JsError> {
     if opts.is_undefined() || opts.is_null() {
         return Ok(None);
     }
     if !opts.is_object() {
-        return Err(bad_input(format!("options must be an object, got {opts:?}")));
+        return Err(bad_input(format!("options must be an object, got {}", show(opts))));
     }
     let v = js_sys::Reflect::get(opts, &JsValue::from_str(key))
-        .map_err(|e| bad_input(format!("options.{key}: {e:?}")))?;
+        .map_err(|e| bad_input(format!("options.{key}: {}", show(&e))))?;
     Ok(if v.is_undefined() { None } else { Some(v) })
 }
 
 /// `dims` as given from JS: an array (or typed array) of non-negative safe integers.
 fn parse_dims(dims: &JsValue) -> Result<Vec<usize>, JsError> {
     if !js_sys::Array::is_array(dims) && !dims.is_instance_of::<js_sys::Uint32Array>() {
-        return Err(bad_input(format!("dims must be an array of integers, got {dims:?}")));
+        return Err(bad_input(format!("dims must be an array of integers, got {}", show(dims))));
     }
     js_sys::Array::from(dims)
         .iter()
         .map(|d| match d.as_f64() {
             Some(x) if x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 => Ok(x as usize),
-            _ => Err(bad_input(format!("dims must be non-negative integers, got {d:?}"))),
+            _ => Err(bad_input(format!("dims must be non-negative integers, got {}", show(&d)))),
         })
         .collect()
 }
@@ -89,7 +98,7 @@ impl Runtime {
         let choice = match opt_field(&opts, "device")? {
             None => DeviceChoice::Auto,
             Some(v) => {
-                let s = v.as_string().ok_or_else(|| bad_input(format!("options.device must be a string, got {v:?}")))?;
+                let s = v.as_string().ok_or_else(|| bad_input(format!("options.device must be a string, got {}", show(&v))))?;
                 s.parse::<DeviceChoice>().map_err(core_err)?
             }
         };

@@ -1,0 +1,81 @@
+// Types for the `taskloom` npm package (the ESM facade in index.js).
+
+/** Where a runtime runs: "auto" picks WebGPU when the browser offers an adapter, else the CPU. */
+export type DeviceOption = "auto" | "webgpu" | "cpu";
+
+/** Stable error codes, shared with the native CLI. INTERNAL means a bug in taskloom (a crash). */
+export type ErrorCode = "BAD_INPUT" | "UNSUPPORTED" | "DEVICE" | "OUT_OF_MEMORY" | "IO" | "INTERNAL";
+
+/** Every failure taskloom reports. Switch on `code`; `message` is for people. */
+export class TaskloomError extends Error {
+  readonly name: "TaskloomError";
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
+}
+
+export interface RuntimeOptions {
+  /** Default "auto". "webgpu" rejects with code DEVICE when there is no adapter (or no navigator.gpu). */
+  device?: DeviceOption;
+}
+
+export interface MatmulOptions {
+  /** Multiply by bᵀ: b is given as [.., N, K]. Default false. */
+  transB?: boolean;
+}
+
+/** Facts about the device a runtime uses. */
+export interface DeviceInfo {
+  /** "gpu" or "cpu". */
+  kind: "gpu" | "cpu";
+  /** Adapter name (e.g. "SwiftShader Device"), or the CPU architecture. */
+  name: string;
+  /** "webgpu" in the browser, "cpu" for the CPU path. */
+  backend: string;
+  /** "DiscreteGpu", "IntegratedGpu", "Cpu" (software adapters), ... */
+  device_type: string;
+  /** Bytes; Number.MAX_SAFE_INTEGER means no limit. */
+  max_storage_buffer_binding_size: number;
+  /** Bytes; Number.MAX_SAFE_INTEGER means no limit. */
+  max_buffer_size: number;
+  max_compute_workgroup_storage_size: number;
+  max_compute_invocations_per_workgroup: number;
+  shader_f16: boolean;
+  /** CPU worker threads (1 in wasm); 0 for a GPU. */
+  threads: number;
+}
+
+/** A tensor on its runtime's device. */
+export class Tensor {
+  private constructor();
+  /** The shape, outermost dimension first. */
+  readonly dims: number[];
+  readonly dtype: "f32" | "f16" | "bf16" | "u32" | "i32";
+  /** Downloads the elements (f32 tensors). */
+  read(): Promise<Float32Array>;
+  /** Frees the device memory now. Using the tensor afterwards throws BAD_INPUT. */
+  dispose(): void;
+}
+
+/** A runtime bound to one device. */
+export class Runtime {
+  private constructor();
+  /** Loads the wasm module if needed and opens the device. */
+  static create(opts?: RuntimeOptions): Promise<Runtime>;
+  /** Where this runtime's tensors live and ops run. */
+  readonly device: "webgpu" | "cpu";
+  info(): DeviceInfo;
+  /** Copies row-major f32 data of shape `dims` to the device; BAD_INPUT when the sizes disagree. */
+  upload(data: Float32Array | ArrayLike<number>, dims: number[]): Tensor;
+  /** a [.., M, K] @ b [.., K, N] (or bᵀ with transB) -> [.., M, N]. */
+  matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor;
+  /** Same as `t.read()`, for a tensor made by this runtime. */
+  read(t: Tensor): Promise<Float32Array>;
+  /** Frees the runtime. Tensors it made stay readable until disposed. */
+  dispose(): void;
+}
+
+/**
+ * Loads the WebAssembly module (once). Optional: Runtime.create calls it. `source` overrides where
+ * the .wasm comes from (URL, Response, bytes or a compiled module).
+ */
+export function init(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<void>;
