@@ -20,8 +20,14 @@ impl Tokenizer {
     /// Parses `tokenizer.json` bytes. Padding and truncation settings in the file are switched off:
     /// batches are padded by the caller to their longest row.
     pub fn from_bytes(file: &str, json: &[u8]) -> Result<Tokenizer> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(json)
+        let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| Error::File { file: file.into(), kind: FileError::BadHeader(format!("tokenizer: {e}")) })?;
+        Tokenizer::from_inner(file, inner)
+    }
+
+    /// Wraps a tokenizer built in code (e.g. rebuilt from GGUF metadata); `file` names its origin
+    /// in messages. Padding and truncation are switched off, as in [`Tokenizer::from_bytes`].
+    pub fn from_inner(file: &str, mut inner: tokenizers::Tokenizer) -> Result<Tokenizer> {
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| Error::InvalidParam { op: "tokenizer", reason: e.to_string() })?;
         Ok(Tokenizer { inner, file: file.into() })

@@ -4,5 +4,8 @@
 //!
 //! - [`safetensors`]: Hugging Face safetensors, memory-mapped natively, from bytes in wasm; plus a
 //!   writer (for fixtures and dumping activations/logits).
+//! - [`gguf`]: llama.cpp's GGUF, memory-mapped natively, from bytes in wasm; blocks dequantised to
+//!   f32 at load; Llama files served under Hugging Face names, config and tokenizer rebuilt.
 
+pub mod gguf;
 pub mod safetensors;
