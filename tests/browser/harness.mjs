@@ -1,0 +1,86 @@
+// Shared set-up for the package tests: pack pkg/ like a publish would, compute the native reference,
+// serve files on 127.0.0.1. Nothing here talks to the network.
+
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { dirname, extname, join, resolve, sep } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const here = dirname(fileURLToPath(import.meta.url));
+export const repo = resolve(here, "../..");
+
+/** A fresh temp dir, removed by the OS eventually (tests clean up what they start, not files). */
+export function tempDir(prefix) {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/**
+ * `npm pack` of pkg/ unpacked into a temp dir: exactly what `npm install taskloom` would get.
+ * Fails when the tarball lacks the built wasm (run scripts/build-wasm.sh first).
+ */
+export function packedPackage() {
+  const dir = tempDir("taskloom-pack-");
+  const out = execFileSync("npm", ["pack", "--silent", "--pack-destination", dir], { cwd: join(repo, "pkg"), encoding: "utf8" });
+  const tgz = join(dir, out.trim().split("\n").pop());
+  const root = join(dir, "taskloom");
+  mkdirSync(root);
+  execFileSync("tar", ["-xzf", tgz, "-C", root, "--strip-components=1"]);
+  for (const f of ["index.js", "index.d.ts", "dist/taskloom_web.js", "dist/taskloom_web_bg.wasm"]) {
+    if (!existsSync(join(root, f))) throw new Error(`npm pack of pkg/ lacks ${f}: run bash scripts/build-wasm.sh first`);
+  }
+  return root;
+}
+
+/**
+ * The native CPU result for a case, from web/examples/matmul_ref.rs. TASKLOOM_MATMUL_REF may name a
+ * prebuilt binary; otherwise cargo builds and runs the example.
+ */
+export function nativeReference({ m, k, n, transB }) {
+  const args = [String(m), String(k), String(n), ...(transB ? ["t"] : [])];
+  const bin = process.env.TASKLOOM_MATMUL_REF;
+  const [cmd, argv] = bin
+    ? [bin, args]
+    : ["cargo", ["run", "-q", "-p", "taskloom-web", "--example", "matmul_ref", "--", ...args]];
+  const out = execFileSync(cmd, argv, { cwd: repo, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20 });
+  return JSON.parse(out);
+}
+
+const TYPES = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".mjs": "text/javascript; charset=utf-8",
+  ".json": "application/json",
+  ".wasm": "application/wasm",
+  ".ts": "text/plain; charset=utf-8",
+};
+
+/**
+ * A static server on 127.0.0.1 (a secure context, which WebGPU requires). `mounts` maps URL
+ * prefixes ("/taskloom/") to directories; the longest prefix wins. Resolves to { url, close }.
+ */
+export function serve(mounts) {
+  const entries = Object.entries(mounts).sort((x, y) => y[0].length - x[0].length);
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const hit = entries.find(([prefix]) => path.startsWith(prefix));
+    if (hit) {
+      const base = resolve(hit[1]);
+      const file = resolve(base, "." + sep + path.slice(hit[0].length));
+      if ((file === base || file.startsWith(base + sep)) && existsSync(file) && statSync(file).isFile()) {
+        res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream", "cache-control": "no-store" });
+        res.end(readFileSync(file));
+        return;
+      }
+    }
+    res.writeHead(404, { "content-type": "text/plain" });
+    res.end("not found");
+  });
+  return new Promise((ok, fail) => {
+    server.once("error", fail);
+    server.listen(0, "127.0.0.1", () => {
+      ok({ url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) });
+    });
+  });
+}
