@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod devices;
 mod inspect;
+mod run;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Self-check: a 256x256 matmul on the chosen device, compared with the CPU.
     Demo(demo::Args),
+    /// Run a Hugging Face model folder or a GGUF file: embeddings or streamed generation.
+    Run(run::Args),
 }
 
 /// Why a command failed: a core error, or a message of the CLI's own (bad path, mismatch, ...).
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Run(a) => run::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use super::llama::Llama;
 use super::Weights;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::formats::gguf::{Gguf, GgufWeights};
 use crate::tensor::TensorData;
 use crate::tokenizer::Tokenizer;
 
@@ -57,6 +58,26 @@ impl CausalLm {
         let eos = tc.get("eos_token").and_then(token_text);
         let weights = files.weights()?;
         CausalLm::from_parts(cfg, &weights, tokenizer, template, bos, eos, device)
+    }
+
+    /// A llama.cpp GGUF file: weights (dequantised at load), config, tokenizer and chat template
+    /// all come from the one file.
+    pub fn from_gguf(gguf: Gguf, device: Device) -> Result<CausalLm> {
+        let cfg = match ModelConfig::parse(gguf.file(), &gguf.llama_config_json()?)? {
+            ModelConfig::Llama(c) => c,
+            _ => return Err(Error::InvalidParam { op: "gguf", reason: format!("{}: not a Llama-family decoder", gguf.file()) }),
+        };
+        let tokenizer = gguf.tokenizer()?;
+        let template = gguf.chat_template().ok();
+        let name = |key: &str| gguf.get_u32(key).ok().and_then(|id| tokenizer.decode(&[id], false).ok());
+        let (bos, eos) = (name("tokenizer.ggml.bos_token_id"), name("tokenizer.ggml.eos_token_id"));
+        let weights = GgufWeights::new(gguf)?;
+        CausalLm::from_parts(cfg, &weights, tokenizer, template, bos, eos, device)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_gguf_path(path: &std::path::Path, device: Device) -> Result<CausalLm> {
+        CausalLm::from_gguf(Gguf::open(path)?, device)
     }
 
     pub fn from_parts(

@@ -1,0 +1,150 @@
+//! `taskloom run`: a Hugging Face folder or a GGUF file, on text or token ids. Encoders print the
+//! (pooled) embedding; decoders stream generated text. `--dump` writes activations as safetensors.
+
+use crate::util::{open_device, parse_device};
+use crate::{CliError, CliResult};
+use std::io::Write;
+use std::path::PathBuf;
+use taskloom::formats::safetensors;
+use taskloom::models::causal::CausalLm;
+use taskloom::models::config::ModelConfig;
+use taskloom::models::generate::Sampling;
+use taskloom::models::hf::{DirFiles, Encoder, Files};
+use taskloom::{DeviceChoice, TensorData};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face model folder (config.json + *.safetensors + tokenizer.json) or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Input text (tokenized with the model's tokenizer).
+    #[arg(long, conflicts_with = "ids")]
+    text: Option<String>,
+    /// Input token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
+    /// Tokens to generate (decoders). 0 runs the prompt only.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap --text in the model's chat template as one user message.
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: DeviceChoice,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write `logits` [T, V] (decoders) or `last_hidden_state` [T, C] and `embedding` [C] (encoders).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
+fn msg(m: impl Into<String>) -> CliError {
+    CliError::Msg(m.into())
+}
+
+pub fn run(a: Args) -> CliResult {
+    if a.text.is_none() && a.ids.is_none() {
+        return Err(msg("give --text TEXT or --ids 1,2,3"));
+    }
+    let dev = open_device(a.device)?;
+    if a.model.extension().is_some_and(|e| e == "gguf") {
+        let lm = CausalLm::load_gguf_path(&a.model, dev)?;
+        return decoder(&a, &lm);
+    }
+    let files = DirFiles(a.model.clone());
+    let cfg_bytes = files.read("config.json")?.ok_or_else(|| msg(format!("{}: no config.json (nor a .gguf file)", a.model.display())))?;
+    match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg_bytes))? {
+        ModelConfig::Bert(_) => encoder(&a, &Encoder::load(&files, dev)?),
+        _ => decoder(&a, &CausalLm::load(&files, dev)?),
+    }
+}
+
+fn encoder(a: &Args, enc: &Encoder) -> CliResult {
+    let input = match (&a.text, &a.ids) {
+        (Some(t), _) => enc.tokenize(&[t.as_str()])?,
+        (None, Some(ids)) => {
+            let n = ids.len();
+            taskloom::models::bert::EncoderInput { ids: ids.clone(), type_ids: vec![0; n], mask: vec![1; n], batch: 1, tokens: n }
+        }
+        (None, None) => unreachable!("checked in run"),
+    };
+    let t0 = std::time::Instant::now();
+    let hidden = pollster::block_on(enc.hidden(&input))?;
+    let (mode, norm) = enc.pooling.unwrap_or((taskloom::models::bert::Pooling::Mean, false));
+    let emb = taskloom::models::bert::pool(&hidden, &input.mask, mode, norm)?.remove(0);
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if let Some(p) = &a.dump {
+        let (t, c) = (input.tokens, enc.bert.cfg.hidden_size);
+        let h = TensorData::f32(&[t, c], hidden.as_f32()?.to_vec())?;
+        let e = TensorData::f32(&[c], emb.clone())?;
+        safetensors::write(p, &[("last_hidden_state", &h), ("embedding", &e)], None)?;
+    }
+    if a.json {
+        crate::util::print_json(&serde_json::json!({ "ids": input.ids, "embedding": emb, "ms": ms, "device": enc.device.info() }))
+    } else {
+        let head: Vec<String> = emb.iter().take(8).map(|v| format!("{v:.6}")).collect();
+        println!("embedding [{}] ({} tokens, {ms:.1} ms on {}): [{}, ...]", emb.len(), input.tokens, enc.device.kind(), head.join(", "));
+        Ok(())
+    }
+}
+
+fn decoder(a: &Args, lm: &CausalLm) -> CliResult {
+    let prompt_ids = match (&a.text, &a.ids) {
+        (Some(t), _) if a.chat => lm.encode(&lm.chat_prompt(t)?)?,
+        (Some(t), _) => lm.encode(t)?,
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => unreachable!("checked in run"),
+    };
+    if let Some(p) = &a.dump {
+        let logits = pollster::block_on(lm.prompt_logits(&prompt_ids))?;
+        safetensors::write(p, &[("logits", &logits)], None)?;
+    }
+    let s = Sampling {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        stop: Vec::new(),
+    };
+    if s.max_tokens == 0 {
+        return if a.json { crate::util::print_json(&serde_json::json!({ "prompt_ids": prompt_ids })) } else { Ok(()) };
+    }
+    let t0 = std::time::Instant::now();
+    let mut first: Option<f64> = None;
+    let mut out = std::io::stdout();
+    let ids = pollster::block_on(lm.generate(&prompt_ids, &s, |_, piece| {
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        if !a.json {
+            // A closed stdout (e.g. piped into `head`) just ends the stream.
+            return write!(out, "{piece}").and_then(|_| out.flush()).is_ok();
+        }
+        true
+    }))?;
+    let total = t0.elapsed().as_secs_f64();
+    let decode_tps = if ids.len() > 1 { (ids.len() - 1) as f64 / (total - first.unwrap_or(0.0)).max(1e-9) } else { 0.0 };
+    let text = lm.tokenizer.decode(&ids, true)?;
+    if a.json {
+        crate::util::print_json(&serde_json::json!({
+            "prompt_ids": prompt_ids, "ids": ids, "text": text,
+            "prefill_s": first, "decode_tokens_per_s": decode_tps, "device": lm.device.info(),
+        }))
+    } else {
+        println!();
+        eprintln!("[{} prompt + {} generated tokens on {}; first token {:.2} s, decode {decode_tps:.1} tok/s]", prompt_ids.len(), ids.len(), lm.device.kind(), first.unwrap_or(0.0));
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! The packaged SmolLM2-135M-Instruct GGUF (Q4_1, dequantised at load) against transformers
+//! (tests/fixtures/smollm2_expected.json from make_model_goldens.py): tokenizer ids, the chat
+//! prompt, the prompt's top logits, and the greedy continuation on the CPU.
+
+use taskloom::models::causal::CausalLm;
+use taskloom::models::generate::Sampling;
+use taskloom::Device;
+use taskloom_tests::{fixture_json, model_or_skip};
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers_on_cpu() {
+    let Some(dir) = model_or_skip("smollm2", "smollm2") else { return };
+    let want = fixture_json("smollm2_expected.json");
+    let lm = CausalLm::load_gguf_path(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), Device::cpu()).unwrap();
+    assert_eq!(lm.encode(want["plain_text"].as_str().unwrap()).unwrap(), ids(&want["plain_ids"]), "tokenizer ids");
+    let prompt = lm.chat_prompt(want["user"].as_str().unwrap()).unwrap();
+    assert_eq!(prompt, want["prompt"].as_str().unwrap(), "chat template");
+    let prompt_ids = lm.encode(&prompt).unwrap();
+    assert_eq!(prompt_ids, ids(&want["prompt_ids"]), "chat prompt ids");
+
+    let logits = pollster::block_on(lm.prompt_logits(&prompt_ids)).unwrap();
+    let v = logits.dims()[1];
+    let last = &logits.as_f32().unwrap()[(prompt_ids.len() - 1) * v..];
+    for (id, l) in ids(&want["last_top_ids"]).iter().zip(want["last_top_logits"].as_array().unwrap()) {
+        let l = l.as_f64().unwrap() as f32;
+        assert!((last[*id as usize] - l).abs() < 1e-3 * l.abs().max(1.0), "logit of {id}: got {}, want {l}", last[*id as usize]);
+    }
+    let greedy = ids(&want["greedy_ids"]);
+    let s = Sampling { max_tokens: greedy.len(), ..Sampling::default() };
+    let mut text = String::new();
+    let got = pollster::block_on(lm.generate(&prompt_ids, &s, |_, piece| {
+        text.push_str(piece);
+        true
+    }))
+    .unwrap();
+    assert_eq!(got, greedy, "greedy ids");
+    assert_eq!(text, want["greedy_text"].as_str().unwrap());
+}
