@@ -4,7 +4,7 @@
 export type DeviceOption = "auto" | "webgpu" | "cpu";
 
 /** Stable error codes, shared with the native CLI. INTERNAL means a bug in taskloom (a crash). */
-export type ErrorCode = "BAD_INPUT" | "UNSUPPORTED" | "DEVICE" | "OUT_OF_MEMORY" | "IO" | "INTERNAL";
+export type ErrorCode = "BAD_INPUT" | "UNSUPPORTED" | "DEVICE" | "OUT_OF_MEMORY" | "IO" | "ABORTED" | "INTERNAL";
 
 /** Every failure taskloom reports. Switch on `code`; `message` is for people. */
 export class TaskloomError extends Error {
@@ -79,3 +79,55 @@ export class Runtime {
  * the .wasm comes from (URL, Response, bytes or a compiled module).
  */
 export function init(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<void>;
+
+/** Per-file download progress while a model loads. */
+export interface LoadProgress {
+  file: string;
+  loaded: number;
+  /** 0 when the server sent no content-length. */
+  total: number;
+}
+
+export interface ModelLoadOptions {
+  device?: "auto" | "webgpu" | "cpu";
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** 0 = greedy (default). */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  /** Wrap the prompt in the model's chat template as one user message. */
+  chat?: boolean;
+  /** Stops generation; the iterator then throws ABORTED. */
+  signal?: AbortSignal;
+}
+
+/** A model source: a URL (folder base or a .gguf file), picked files, a directory handle, or buffers by path. */
+export type ModelSource =
+  | string
+  | URL
+  | FileList
+  | File[]
+  | { kind: "directory"; entries(): AsyncIterable<[string, unknown]> }
+  | Record<string, ArrayBuffer | Uint8Array>;
+
+/** A Hugging Face encoder (BERT family) or Llama-family decoder, or a GGUF file. */
+export class Model {
+  private constructor();
+  static load(source: ModelSource, opts?: ModelLoadOptions): Promise<Model>;
+  readonly kind: "encoder" | "decoder";
+  readonly device: "webgpu" | "cpu";
+  /** Token ids of `text` with the model's tokenizer. */
+  encode(text: string): number[];
+  /** Pooled sentence embedding(s) (encoders). */
+  embed(text: string): Promise<Float32Array>;
+  embed(texts: string[]): Promise<Float32Array[]>;
+  /** Streams generated tokens (decoders). */
+  generate(prompt: string, opts?: GenerateOptions): AsyncIterableIterator<{ id: number; text: string }>;
+  dispose(): void;
+}

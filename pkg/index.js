@@ -4,9 +4,9 @@
 // properties); this layer turns them into `TaskloomError` with a stable `.code`, loads the .wasm in
 // both the browser (fetch) and Node (file read), and guards use-after-dispose.
 
-import initWasm, { Runtime as RawRuntime } from "./dist/taskloom_web.js";
+import initWasm, { Runtime as RawRuntime, Model as RawModel } from "./dist/taskloom_web.js";
 
-const CODES = new Set(["BAD_INPUT", "UNSUPPORTED", "DEVICE", "OUT_OF_MEMORY", "IO"]);
+const CODES = new Set(["BAD_INPUT", "UNSUPPORTED", "DEVICE", "OUT_OF_MEMORY", "IO", "ABORTED"]);
 
 /** A failure with a stable `code`: BAD_INPUT, UNSUPPORTED, DEVICE, OUT_OF_MEMORY, IO or INTERNAL. */
 export class TaskloomError extends Error {
@@ -167,6 +167,177 @@ export class Runtime {
   async read(t) {
     const raw = this.#self();
     return call(() => raw.read(rawOf(t)));
+  }
+
+  dispose() {
+    this.#raw?.free();
+    this.#raw = null;
+  }
+}
+
+// Files a Hugging Face folder may hold that a model reads (required ones first).
+const HF_FILES = ["config.json", "tokenizer.json", "model.safetensors", "tokenizer_config.json", "modules.json", "1_Pooling/config.json"];
+const OPTIONAL = new Set(["tokenizer_config.json", "modules.json", "1_Pooling/config.json"]);
+
+async function fetchBytes(url, name, onProgress, optional) {
+  const res = await fetch(url);
+  if (!res.ok) {
+    if (optional && res.status === 404) return null;
+    throw new TaskloomError("IO", `${url}: HTTP ${res.status}`);
+  }
+  const total = Number(res.headers.get("content-length")) || 0;
+  if (!res.body) return new Uint8Array(await res.arrayBuffer());
+  const reader = res.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.length;
+    onProgress?.({ file: name, loaded, total });
+  }
+  const out = new Uint8Array(loaded);
+  let o = 0;
+  for (const c of chunks) {
+    out.set(c, o);
+    o += c.length;
+  }
+  return out;
+}
+
+async function gatherFiles(source, onProgress) {
+  if (typeof source === "string" || source instanceof URL) {
+    const base = String(source);
+    if (base.endsWith(".gguf")) {
+      const name = base.split("/").pop();
+      return { [name]: await fetchBytes(base, name, onProgress, false) };
+    }
+    const root = base.endsWith("/") ? base : base + "/";
+    const files = {};
+    for (const name of HF_FILES) {
+      const b = await fetchBytes(new URL(name, new URL(root, globalThis.location?.href)), name, onProgress, OPTIONAL.has(name));
+      if (b) files[name] = b;
+    }
+    return files;
+  }
+  // A FileList or an array of File: paths relative to the picked folder.
+  if (typeof FileList !== "undefined" && source instanceof FileList) source = Array.from(source);
+  if (Array.isArray(source) && source.every((f) => typeof Blob !== "undefined" && f instanceof Blob)) {
+    const files = {};
+    for (const f of source) {
+      const rel = (f.webkitRelativePath || f.name).split("/");
+      const name = rel.length > 1 ? rel.slice(1).join("/") : rel[0];
+      files[name] = new Uint8Array(await f.arrayBuffer());
+      onProgress?.({ file: name, loaded: f.size, total: f.size });
+    }
+    return files;
+  }
+  // A directory handle (File System Access API).
+  if (source && typeof source.entries === "function" && source.kind === "directory") {
+    const files = {};
+    const walk = async (dir, prefix) => {
+      for await (const [name, h] of dir.entries()) {
+        if (h.kind === "directory") await walk(h, `${prefix}${name}/`);
+        else files[prefix + name] = new Uint8Array(await (await h.getFile()).arrayBuffer());
+      }
+    };
+    await walk(source, "");
+    return files;
+  }
+  if (source && typeof source === "object") return source; // { path: ArrayBuffer | Uint8Array }
+  throw new TaskloomError("BAD_INPUT", `model source must be a URL, files, a directory handle or an object of buffers, got ${describe(source)}`);
+}
+
+/**
+ * A Hugging Face model (an encoder such as MiniLM, or a Llama-family decoder) or a GGUF file.
+ * `await Model.load(source, { device, onProgress })`; `source`: a URL (folder base or .gguf), a
+ * FileList / File[] / directory handle, or `{ "config.json": ArrayBuffer, ... }`.
+ */
+export class Model {
+  #raw;
+  constructor(raw) {
+    if (!(raw instanceof RawModel)) throw new TypeError("use `await Model.load(source, opts)`");
+    this.#raw = raw;
+  }
+
+  static async load(source, opts = {}) {
+    await init();
+    const files = await call(() => gatherFiles(source, opts?.onProgress));
+    return new Model(await call(() => RawModel.load(files, { device: opts?.device ?? "auto" })));
+  }
+
+  #self() {
+    if (!this.#raw) throw new TaskloomError("BAD_INPUT", "model was disposed");
+    return this.#raw;
+  }
+
+  /** "encoder" or "decoder". */
+  get kind() {
+    return this.#self().kind;
+  }
+
+  /** "webgpu" or "cpu". */
+  get device() {
+    return this.#self().device;
+  }
+
+  /** Token ids of `text`. */
+  encode(text) {
+    return Array.from(call(() => this.#self().encode(text)));
+  }
+
+  /** Pooled embedding(s): a Float32Array for a string, an array of them for an array of strings. */
+  async embed(text) {
+    const many = Array.isArray(text);
+    const out = await call(() => this.#self().embed(many ? text : [text]));
+    return many ? out : out[0];
+  }
+
+  /**
+   * Streams generated tokens as `{ id, text }`. `opts`: maxTokens, temperature, topK, topP,
+   * repetitionPenalty, seed, chat (wrap the prompt in the chat template), signal (AbortSignal).
+   */
+  async *generate(prompt, opts = {}) {
+    const raw = this.#self();
+    const queue = [];
+    let wake = null;
+    let done = false;
+    let failure = null;
+    let stopped = false;
+    const signal = opts?.signal;
+    const onToken = (id, text) => {
+      queue.push({ id, text });
+      wake?.();
+      return !stopped && !signal?.aborted;
+    };
+    const { signal: _s, ...rawOpts } = opts ?? {};
+    call(() => raw.generate(String(prompt), rawOpts, onToken)).then(
+      () => {
+        done = true;
+        wake?.();
+      },
+      (e) => {
+        failure = e;
+        done = true;
+        wake?.();
+      },
+    );
+    try {
+      for (;;) {
+        if (queue.length) {
+          yield queue.shift();
+          continue;
+        }
+        if (done) break;
+        await new Promise((r) => (wake = r));
+        wake = null;
+      }
+      if (failure) throw failure;
+      if (signal?.aborted) throw new TaskloomError("ABORTED", "generation was aborted");
+    } finally {
+      stopped = true;
+    }
   }
 
   dispose() {

@@ -9,20 +9,23 @@
 //! dedicated worker (Node, some test runners) wgpu panics when asked for an adapter. The crate also
 //! builds natively (it is a workspace member), where the check is skipped.
 
+mod model;
+
+pub use model::Model;
 use std::sync::atomic::{AtomicU32, Ordering};
 use taskloom::{Device, DeviceChoice, Op, TensorData};
 use wasm_bindgen::prelude::*;
 
 /// A JS error whose message starts with `CODE: `.
-fn js_err(code: &str, msg: impl std::fmt::Display) -> JsError {
+pub(crate) fn js_err(code: &str, msg: impl std::fmt::Display) -> JsError {
     JsError::new(&format!("{code}: {msg}"))
 }
 
-fn core_err(e: taskloom::Error) -> JsError {
+pub(crate) fn core_err(e: taskloom::Error) -> JsError {
     js_err(e.code(), e)
 }
 
-fn bad_input(msg: impl std::fmt::Display) -> JsError {
+pub(crate) fn bad_input(msg: impl std::fmt::Display) -> JsError {
     js_err("BAD_INPUT", msg)
 }
 
@@ -57,7 +60,7 @@ fn show(v: &JsValue) -> String {
 }
 
 /// Reads `opts[key]` as an optional value (`opts` itself may be undefined or null).
-fn opt_field(opts: &JsValue, key: &str) -> Result<Option<JsValue>, JsError> {
+pub(crate) fn opt_field(opts: &JsValue, key: &str) -> Result<Option<JsValue>, JsError> {
     if opts.is_undefined() || opts.is_null() {
         return Ok(None);
     }
@@ -83,6 +86,26 @@ fn parse_dims(dims: &JsValue) -> Result<Vec<usize>, JsError> {
         .collect()
 }
 
+/// The device `opts.device` asks for: "auto" (WebGPU when an adapter exists, else the CPU),
+/// "webgpu" (rejects with DEVICE when there is none) or "cpu".
+pub(crate) async fn choose_device(opts: &JsValue) -> Result<Device, JsError> {
+    let choice = match opt_field(opts, "device")? {
+        None => DeviceChoice::Auto,
+        Some(v) => {
+            let s = v.as_string().ok_or_else(|| bad_input(format!("options.device must be a string, got {}", show(&v))))?;
+            s.parse::<DeviceChoice>().map_err(core_err)?
+        }
+    };
+    let device = match (choice, webgpu_available()) {
+        (DeviceChoice::Gpu, false) => {
+            return Err(js_err("DEVICE", "no GPU adapter: navigator.gpu is not available here (no WebGPU in this browser, or not a browser)"))
+        }
+        (DeviceChoice::Auto | DeviceChoice::Cpu, false) => Device::cpu(),
+        (c, true) => Device::from_choice(c).await.map_err(core_err)?,
+    };
+    Ok(device)
+}
+
 /// A runtime bound to one device. `Runtime.create()` picks it; every tensor it makes lives there.
 #[wasm_bindgen]
 pub struct Runtime {
@@ -95,20 +118,7 @@ impl Runtime {
     /// `opts.device`: "auto" (default: WebGPU when an adapter exists, else the CPU), "webgpu"
     /// (rejects with DEVICE when there is none), or "cpu".
     pub async fn create(opts: JsValue) -> Result<Runtime, JsError> {
-        let choice = match opt_field(&opts, "device")? {
-            None => DeviceChoice::Auto,
-            Some(v) => {
-                let s = v.as_string().ok_or_else(|| bad_input(format!("options.device must be a string, got {}", show(&v))))?;
-                s.parse::<DeviceChoice>().map_err(core_err)?
-            }
-        };
-        let device = match (choice, webgpu_available()) {
-            (DeviceChoice::Gpu, false) => {
-                return Err(js_err("DEVICE", "no GPU adapter: navigator.gpu is not available here (no WebGPU in this browser, or not a browser)"))
-            }
-            (DeviceChoice::Auto | DeviceChoice::Cpu, false) => Device::cpu(),
-            (c, true) => Device::from_choice(c).await.map_err(core_err)?,
-        };
+        let device = choose_device(&opts).await?;
         Ok(Runtime { device, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) })
     }
 

@@ -1,0 +1,140 @@
+//! `Model`: a Hugging Face folder (an encoder such as MiniLM, or a Llama-family decoder) or a GGUF
+//! file, handed over as bytes by the JS facade (which fetches URLs, reads `File`s, reports
+//! progress). Type conversion only; the work is in `taskloom::models`.
+
+use crate::{bad_input, choose_device, core_err, opt_field};
+use std::collections::BTreeMap;
+use taskloom::formats::gguf::{is_gguf, Gguf};
+use taskloom::models::causal::CausalLm;
+use taskloom::models::config::ModelConfig;
+use taskloom::models::generate::Sampling;
+use taskloom::models::hf::{Encoder, Files, MemFiles};
+use wasm_bindgen::prelude::*;
+
+enum Kind {
+    Encoder(Encoder),
+    Decoder(CausalLm),
+}
+
+#[wasm_bindgen]
+pub struct Model {
+    kind: Kind,
+}
+
+/// `{ "config.json": Uint8Array | ArrayBuffer, ... }` → relative path → bytes.
+fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Vec<u8>>, JsError> {
+    if !files.is_object() {
+        return Err(bad_input("model files must be an object of { path: Uint8Array | ArrayBuffer }"));
+    }
+    let obj = js_sys::Object::from(files.clone());
+    let mut out = BTreeMap::new();
+    for entry in js_sys::Object::entries(&obj).iter() {
+        let pair = js_sys::Array::from(&entry);
+        let name = pair.get(0).as_string().unwrap_or_default();
+        let v = pair.get(1);
+        let bytes = if v.is_instance_of::<js_sys::Uint8Array>() {
+            js_sys::Uint8Array::from(v).to_vec()
+        } else if v.is_instance_of::<js_sys::ArrayBuffer>() {
+            js_sys::Uint8Array::new(&v).to_vec()
+        } else {
+            return Err(bad_input(format!("model file '{name}' must be a Uint8Array or ArrayBuffer")));
+        };
+        out.insert(name, bytes);
+    }
+    Ok(out)
+}
+
+fn num(opts: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
+    match opt_field(opts, key)? {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| bad_input(format!("options.{key} must be a number"))),
+    }
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// `files`: the model's files by relative path. A single `*.gguf` entry loads that file.
+    /// `opts.device`: "auto" | "webgpu" | "cpu".
+    pub async fn load(files: JsValue, opts: JsValue) -> Result<Model, JsError> {
+        let device = choose_device(&opts).await?;
+        let mut files = files_from_js(&files)?;
+        let gguf = files.iter().find(|(k, b)| k.ends_with(".gguf") || is_gguf(b)).map(|(k, _)| k.clone());
+        if let Some(name) = gguf {
+            let bytes = files.remove(&name).unwrap_or_default();
+            let lm = CausalLm::from_gguf(Gguf::from_bytes(name, bytes).map_err(core_err)?, device).map_err(core_err)?;
+            return Ok(Model { kind: Kind::Decoder(lm) });
+        }
+        let mem = MemFiles(files);
+        let cfg = mem.read("config.json").map_err(core_err)?.ok_or_else(|| bad_input("model files lack config.json (or a .gguf file)"))?;
+        let kind = match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg)).map_err(core_err)? {
+            ModelConfig::Bert(_) => Kind::Encoder(Encoder::load(&mem, device).map_err(core_err)?),
+            _ => Kind::Decoder(CausalLm::load(&mem, device).map_err(core_err)?),
+        };
+        Ok(Model { kind })
+    }
+
+    /// "encoder" or "decoder".
+    #[wasm_bindgen(getter)]
+    pub fn kind(&self) -> String {
+        match self.kind {
+            Kind::Encoder(_) => "encoder".into(),
+            Kind::Decoder(_) => "decoder".into(),
+        }
+    }
+
+    /// "webgpu" or "cpu".
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        let d = match &self.kind {
+            Kind::Encoder(e) => &e.device,
+            Kind::Decoder(d) => &d.device,
+        };
+        if d.kind() == "gpu" { "webgpu".into() } else { "cpu".into() }
+    }
+
+    /// Token ids of `text` with the model's tokenizer.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        let tok = match &self.kind {
+            Kind::Encoder(e) => &e.tokenizer,
+            Kind::Decoder(d) => &d.tokenizer,
+        };
+        tok.encode(text).map(|e| e.ids).map_err(core_err)
+    }
+
+    /// Pooled sentence embeddings (encoders): one Float32Array per text.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<js_sys::Float32Array>, JsError> {
+        let Kind::Encoder(e) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "embed() needs an encoder model")) };
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let v = e.embed(&refs).await.map_err(core_err)?;
+        Ok(v.iter().map(|x| js_sys::Float32Array::from(&x[..])).collect())
+    }
+
+    /// Generates after `prompt` (decoders), calling `onToken(id, text)` for each token; a `false`
+    /// return stops. `opts`: maxTokens, temperature, topK, topP, repetitionPenalty, seed, chat.
+    /// Resolves to the generated ids.
+    pub async fn generate(&self, prompt: String, opts: JsValue, on_token: js_sys::Function) -> Result<Vec<u32>, JsError> {
+        let Kind::Decoder(lm) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "generate() needs a decoder model")) };
+        let d = Sampling::default();
+        let s = Sampling {
+            max_tokens: num(&opts, "maxTokens")?.map_or(d.max_tokens, |v| v as usize),
+            temperature: num(&opts, "temperature")?.map_or(d.temperature, |v| v as f32),
+            top_k: num(&opts, "topK")?.map_or(d.top_k, |v| v as usize),
+            top_p: num(&opts, "topP")?.map_or(d.top_p, |v| v as f32),
+            repetition_penalty: num(&opts, "repetitionPenalty")?.map_or(d.repetition_penalty, |v| v as f32),
+            seed: num(&opts, "seed")?.map_or(d.seed, |v| v as u64),
+            stop: Vec::new(),
+        };
+        let chat = opt_field(&opts, "chat")?.is_some_and(|v| v.is_truthy());
+        let text = if chat { lm.chat_prompt(&prompt).map_err(core_err)? } else { prompt };
+        let ids = lm.encode(&text).map_err(core_err)?;
+        let out = lm
+            .generate(&ids, &s, |id, piece| {
+                let r = on_token.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(piece));
+                // A callback that throws stops generation like one that returns false.
+                matches!(r, Ok(v) if v != JsValue::FALSE)
+            })
+            .await
+            .map_err(core_err)?;
+        Ok(out)
+    }
+}
