@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("taskloom: internal error: {}{at} (please report this)", one_line(&msg));
     }));
+    quiet_mesa();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),
@@ -101,6 +102,21 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let first = text.lines().next().unwrap_or("invalid arguments");
     eprintln!("taskloom: {} (see --help)", first.trim_start_matches("error: "));
     ExitCode::from(2)
+}
+
+/// Mesa's Vulkan/GL drivers print "XDG_RUNTIME_DIR is invalid" to stderr on every adapter query
+/// when no login session set the variable (containers, CI, services), which breaks the one-line
+/// error contract. Point it at a private directory of our own, only when it is unset.
+fn quiet_mesa() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("taskloom-runtime-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
 }
 
 /// Messages from lower layers (serde_json, wgpu) can carry newlines; the contract is one line.

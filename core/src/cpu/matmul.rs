@@ -1,6 +1,8 @@
-//! Matmul on the CPU through the `gemm` crate (chosen over `matrixmultiply` by the benchmark in
-//! `core/benches/cpu_gemm.rs`: faster at every size we run, rayon threads natively, SIMD128
-//! microkernels in wasm). f16/bf16 weights are widened to f32 once per call.
+//! Matmul on the CPU through the `gemm` crate. `core/benches/cpu_gemm.rs` measured it against
+//! `matrixmultiply` on the 2-core reference machine: with the rows split across rayon threads
+//! (below) gemm is within a few percent of matrixmultiply and of OpenBLAS at 1024 and 2048, and
+//! it brings SIMD128 microkernels to the single-threaded wasm build, which decided it.
+//! f16/bf16 weights are widened to f32 once per call.
 
 use crate::shape::Shape;
 use crate::tensor::HostData;
@@ -48,10 +50,29 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, 
     if k == 0 {
         return;
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        // Row blocks, one per thread, each a single-threaded gemm: gemm's own rayon mode packs all
+        // of B and synchronises every K step, which measured 7-20% slower on 2 cores.
+        let threads = rayon::current_num_threads();
+        if threads > 1 && m >= 32 * threads && m * n * k >= 64 * 64 * 64 {
+            use rayon::prelude::*;
+            let rows = m.div_ceil(threads);
+            out[..m * n].par_chunks_mut(rows * n).zip(a[..m * k].par_chunks(rows * k)).for_each(|(o, a)| {
+                gemm_block(o.len() / n, n, k, a, b, trans_b, bias.is_some(), o, Parallelism::None);
+            });
+            return;
+        }
+    }
+    gemm_block(m, n, k, a, b, trans_b, bias.is_some(), out, parallelism(m, n, k));
+}
+
+/// One gemm call on row-major blocks; `accumulate` adds to `out` (pre-filled with the bias).
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, accumulate: bool, out: &mut [f32], par: Parallelism) {
     let (rhs_cs, rhs_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
-    let par = parallelism(m, n, k);
-    // SAFETY: the slices hold at least m*k, k*n and m*n elements (asserted above) and the strides
-    // address exactly those row-major layouts.
+    // SAFETY: the slices hold at least m*k, k*n and m*n elements (checked by `sgemm`) and the
+    // strides address exactly those row-major layouts.
     unsafe {
         gemm::gemm(
             m,
@@ -60,7 +81,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, 
             out.as_mut_ptr(),
             1,
             n as isize,
-            bias.is_some(),
+            accumulate,
             a.as_ptr(),
             1,
             k as isize,
