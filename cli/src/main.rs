@@ -111,7 +111,8 @@ fn quiet_mesa() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("taskloom-runtime-{}", std::process::id()));
+        // One directory for every run (not one per process): empty, and only ours can use it.
+        let dir = std::env::temp_dir().join("taskloom-xdg-runtime");
         if std::fs::create_dir_all(&dir).is_ok() && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
             // Single-threaded here: nothing else reads the environment yet.
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
