@@ -52,6 +52,11 @@ pub enum Op {
     /// Reorders dimensions: output dim `i` is input dim `perm[i]`, for `i < rank` (entries past the
     /// input's rank are ignored). `[B, T, H, D] -> [B, H, T, D]` is `perm = [0, 2, 1, 3]`.
     Permute { perm: [usize; 4] },
+    /// Each row multiplied by the expert weights its router picked (the MoE expert matmul; also
+    /// known as gather-matmul or `mul_mat_id`). Inputs `x [R, Cin] f32` (one row for all K picks) or
+    /// `[R, K, Cin]` (a row per pick), `w [E, N, Cin]` (f32/f16/bf16, `nn.Linear` layout per expert),
+    /// `idx [R, K] u32` → `[R, K, N] f32`: `out[r, j] = w[idx[r, j]] · x[r(, j)]`. Ids `>= E` give 0.
+    ExpertMatmul,
     /// Joins two tensors along `axis`; every other dimension must agree (the KV cache grows this way).
     Concat { axis: usize },
     /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
@@ -72,7 +77,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, Concat, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, TopK);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -95,6 +100,7 @@ impl Op {
             Op::Attention { .. } => OpKind::Attention,
             Op::Permute { .. } => OpKind::Permute,
             Op::Concat { .. } => OpKind::Concat,
+            Op::ExpertMatmul => OpKind::ExpertMatmul,
             Op::TopK { .. } => OpKind::TopK,
         }
     }
@@ -280,6 +286,29 @@ impl Op {
                 }
                 let dims: Vec<usize> = perm[..r].iter().map(|&p| x.dims()[p]).collect();
                 out(Shape::new(&dims)?, *d)
+            }
+            Op::ExpertMatmul => {
+                arity(3, 3, "3 (x, w, idx)")?;
+                let x = f32_in(0)?;
+                let (w, wd) = &inputs[1];
+                let (idx, id) = &inputs[2];
+                if !wd.is_float() {
+                    return Err(Error::DTypeMismatch { op, expected: "f32, f16 or bf16 expert weights".into(), got: *wd });
+                }
+                if *id != DType::U32 {
+                    return Err(Error::DTypeMismatch { op, expected: "u32 expert ids".into(), got: *id });
+                }
+                if w.rank() != 3 {
+                    return Err(mismatch("w [E, N, Cin]".into(), w));
+                }
+                if idx.rank() != 2 {
+                    return Err(mismatch("idx [R, K]".into(), idx));
+                }
+                let (r, k, cin, n) = (idx.dims()[0], idx.dims()[1], w.dims()[2], w.dims()[1]);
+                if x.dims() != [r, cin] && x.dims() != [r, k, cin] {
+                    return Err(mismatch(format!("x [{r}, {cin}] or [{r}, {k}, {cin}]"), x));
+                }
+                out(Shape::new(&[r, k, n])?, DType::F32)
             }
             Op::Concat { axis } => {
                 arity(2, 2, "2")?;

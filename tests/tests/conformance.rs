@@ -146,6 +146,20 @@ fn permute_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     v.push(case("permute u32 [3, 17]".into(), Op::Permute { perm: [1, 0, 0, 0] }, vec![ids], 0.0, 0.0));
 }
 
+fn expert_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    // (R, K, E, N, Cin, x per pick)
+    for (r, k, e, n, cin, per_pick) in [(1, 1, 1, 1, 1, false), (17, 2, 4, 65, 33, false), (3, 3, 8, 17, 257, true), (9, 2, 5, 3, 64, true)] {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let x = if per_pick { f32s(rng, &[r, k, cin], -1.0, 1.0) } else { f32s(rng, &[r, cin], -1.0, 1.0) };
+            // Some ids past E: those picks must give zero rows.
+            let idx = (0..r * k).map(|i| if i % 11 == 10 { e as u32 } else { rng.below(e as u32) }).collect();
+            let inputs = vec![x, weights(rng, &[e, n, cin], dt), TensorData::u32(&[r, k], idx).unwrap()];
+            let atol = 2e-6 * (cin as f32).sqrt() * 4.0;
+            v.push(case(format!("expert_matmul r{r} k{k} e{e} n{n} cin{cin} per_pick={per_pick} {dt}"), Op::ExpertMatmul, inputs, atol, 1e-5));
+        }
+    }
+}
+
 fn topk_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     for (rows, n, k) in [(1usize, 1usize, 1usize), (17, 255, 8), (3, 257, 257), (5, 3, 2), (2, 1000, 4)] {
         // Multiples of 1/4 in a small range: many exact ties, no near-ties.
@@ -163,6 +177,7 @@ fn cases() -> Vec<Case> {
     gather_cases(&mut rng, &mut v);
     attention_cases(&mut rng, &mut v);
     permute_cases(&mut rng, &mut v);
+    expert_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
     v
 }

@@ -90,6 +90,7 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
             Op::Permute { perm }
         }
         "Concat" => Op::Concat { axis: u("axis")? },
+        "ExpertMatmul" => Op::ExpertMatmul,
         "TopK" => Op::TopK { k: u("k")? },
         other => return Err(format!("unknown op {other:?}")),
     })

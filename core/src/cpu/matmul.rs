@@ -33,6 +33,27 @@ pub(super) fn matmul(a_shape: &Shape, a: &[f32], b_shape: &Shape, b: &HostData, 
     out
 }
 
+/// `out [R, K, N]`: row `r` (or `(r, j)`) of `x` times expert `idx[r, j]` of `w [E, N, Cin]`.
+pub(super) fn expert_matmul(xs: &Shape, x: &[f32], ws: &Shape, w: &HostData, idx: &[u32], is: &Shape) -> Vec<f32> {
+    let (e, n, cin) = (ws.dims()[0], ws.dims()[1], ws.dims()[2]);
+    let (r, k) = (is.dims()[0], is.dims()[1]);
+    let per_pick = xs.rank() == 3;
+    let w = widen(w);
+    let mut out = vec![0.0f32; r * k * n];
+    for ri in 0..r {
+        for j in 0..k {
+            let ex = idx[ri * k + j] as usize;
+            if ex >= e {
+                continue;
+            }
+            let xr = if per_pick { &x[(ri * k + j) * cin..][..cin] } else { &x[ri * cin..][..cin] };
+            let o = &mut out[(ri * k + j) * n..][..n];
+            sgemm(1, n, cin, xr, &w[ex * n * cin..(ex + 1) * n * cin], true, None, o);
+        }
+    }
+    out
+}
+
 /// `out [M, N] = a [M, K] · b (+ bias [N])`, `b` being `[K, N]` or, with `trans_b`, `[N, K]`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, bias: Option<&[f32]>, out: &mut [f32]) {

@@ -143,6 +143,7 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             };
             Ok(vec![TensorData::new(out_shape.dims(), data)?])
         }
+        Op::ExpertMatmul => one(matmul::expert_matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, u32s(inputs[2].1), &inputs[2].0)),
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0], &inputs[1]);
             let outer: usize = a.0.dims()[..axis].iter().product();

@@ -14,6 +14,7 @@ pub enum Shader {
     Attention,
     Permute,
     Concat,
+    ExpertMatmul,
     TopK,
 }
 
@@ -65,7 +66,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 9] = [
+    pub const ALL: [Shader; 10] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -74,6 +75,7 @@ impl Shader {
         Shader::Attention,
         Shader::Permute,
         Shader::Concat,
+        Shader::ExpertMatmul,
         Shader::TopK,
     ];
 
@@ -88,6 +90,7 @@ impl Shader {
             Shader::Attention => "attention",
             Shader::Permute => "permute",
             Shader::Concat => "concat",
+            Shader::ExpertMatmul => "expert_matmul",
             Shader::TopK => "topk",
         }
     }
@@ -103,6 +106,7 @@ impl Shader {
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
             Shader::Permute => include_str!("../../../shaders/permute.wgsl"),
             Shader::Concat => include_str!("../../../shaders/concat.wgsl"),
+            Shader::ExpertMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/expert_matmul.wgsl")),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
         }
     }
@@ -117,6 +121,7 @@ impl Shader {
             Shader::Attention => &["attention"],
             Shader::Permute => &["permute"],
             Shader::Concat => &["concat"],
+            Shader::ExpertMatmul => &["expert_matmul"],
             Shader::TopK => &["topk"],
         }
     }
@@ -130,6 +135,7 @@ impl Shader {
             Shader::Permute => &[Read, ReadWrite],
             Shader::Norm => &[Read, Read, Read, ReadWrite],
             Shader::Attention => &[Read, Read, Read, Read, ReadWrite],
+            Shader::ExpertMatmul => &[Read, Read, Read, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
         }
     }
@@ -149,6 +155,7 @@ impl Shader {
                 v
             }
             Shader::Embedding => (0..3).map(|dt| vec![("T_DTYPE", dt as f64)]).collect(),
+            Shader::ExpertMatmul => (0..3).map(|dt| vec![("W_DTYPE", dt as f64)]).collect(),
             _ => vec![Vec::new()],
         }
     }

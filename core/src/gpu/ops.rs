@@ -14,7 +14,7 @@ const ATTN_WG: u32 = 64;
 
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
-        Op::Matmul { .. } | Op::Embedding => dtype.is_float(),
+        Op::Matmul { .. } | Op::Embedding | Op::ExpertMatmul => dtype.is_float(),
         Op::Permute { .. } | Op::Concat { .. } => dtype.size_in_bytes() == 4,
         _ => dtype == DType::F32,
     }
@@ -149,6 +149,18 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             w.extend_from_slice(&os);
             w.extend_from_slice(&[u(numel), 0, 0, 0]);
             g.dispatch(Shader::Permute, "permute", &[], &words(&w), &[inb(0)?, ob], g.grid(numel, WG)?)?;
+        }
+        Op::ExpertMatmul => {
+            let (w, idx) = (&inputs[1].shape, &inputs[2].shape);
+            let (e, n, cin) = (w.dims()[0], w.dims()[1], w.dims()[2]);
+            let (picks, k) = (idx.numel(), idx.dims()[1]);
+            let per_pick = (inputs[0].shape.rank() == 3) as u32;
+            let params = words(&[u(picks), u(k), u(n), u(cin), u(e), per_pick, 0, 0]);
+            let max = g.max_groups() as usize;
+            let (gy, gz) = (picks.min(max), picks.div_ceil(max));
+            let groups = [u(n).div_ceil(64), u(gy), u(gz)];
+            let consts = [("W_DTYPE", inputs[1].dtype.shader_code() as f64)];
+            g.dispatch(Shader::ExpertMatmul, "expert_matmul", &consts, &params, &[inb(0)?, inb(1)?, inb(2)?, ob], groups)?;
         }
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0].shape, &inputs[1].shape);
