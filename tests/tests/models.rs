@@ -63,7 +63,7 @@ fn check_bert(dev: &Device) {
 }
 
 fn all(dev: &Device) {
-    for name in ["llama", "llama-untied", "qwen2"] {
+    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused"] {
         check_decoder(dev, name);
     }
     check_bert(dev);
@@ -93,4 +93,23 @@ fn unknown_architecture_and_missing_tensor_are_typed_errors() {
     cfg.hidden_size = 48; // disagrees with the weights
     let e = Llama::load(&Device::cpu(), cfg, &DirFiles(dir("llama")).weights().unwrap()).err().expect("shape disagreement");
     assert!(e.to_string().contains("shape"), "{e}");
+}
+
+#[test]
+fn moe_layer_is_nine_dispatches_with_routing_on_the_device() {
+    // Router matmul, top-k, softmax over the picks, 3 expert matmuls, SiLU, mul, weighted sum: 9
+    // dispatches per MoE layer against 5 for the dense MLP (2 layers here), and nothing read back:
+    // `forward` records work only, the ids never leave the device.
+    let Some(dev) = gpu_or_skip("moe dispatches") else { return };
+    let Device::Gpu(g) = &dev else { unreachable!() };
+    let count = |name: &str| {
+        let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
+        let model = Llama::load(&dev, cfg, &DirFiles(dir(name)).weights().unwrap()).unwrap();
+        let before = g.dispatch_count();
+        let logits = model.forward(&dev, &[1, 2, 3, 4], &mut model.new_cache(), true).unwrap();
+        let n = g.dispatch_count() - before;
+        pollster::block_on(dev.download(&logits)).unwrap();
+        n
+    };
+    assert_eq!(count("mixtral") - count("llama"), 2 * (9 - 5));
 }

@@ -65,6 +65,12 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<serde_json::Value>,
     #[serde(default = "silu")]
     pub hidden_act: String,
+    /// Mixtral: experts per MoE layer (every layer's MLP is a sparse MoE block when set).
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+    /// Mixtral: experts each token is routed to.
+    #[serde(default)]
+    pub num_experts_per_tok: Option<usize>,
 }
 
 fn llama_eps() -> f32 {
@@ -141,7 +147,8 @@ impl ModelConfig {
                 }
                 ModelConfig::Bert(c)
             }
-            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM", _) | ("", "llama" | "mistral" | "qwen2") => {
+            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "MixtralForCausalLM", _)
+            | ("", "llama" | "mistral" | "qwen2" | "mixtral") => {
                 let mut c: LlamaConfig = serde_json::from_str(json).map_err(bad)?;
                 if c.attention_bias.is_none() {
                     // Qwen2 always has q/k/v biases; its config does not say so.
@@ -153,6 +160,14 @@ impl ModelConfig {
                         file: file.into(),
                         kind: FileError::BadHeader(format!("{h} heads, {kv} kv heads, head_dim {}: not a valid grouping", c.head_dim())),
                     });
+                }
+                if let (Some(e), k) = (c.num_local_experts, c.num_experts_per_tok.unwrap_or(2)) {
+                    if e == 0 || k == 0 || k > e {
+                        return Err(Error::File {
+                            file: file.into(),
+                            kind: FileError::BadHeader(format!("num_experts_per_tok {k} must be in 1..={e} (num_local_experts)")),
+                        });
+                    }
                 }
                 if c.hidden_act != "silu" {
                     return Err(Error::InvalidParam { op: "config", reason: format!("{file}: hidden_act '{}' is not supported", c.hidden_act) });

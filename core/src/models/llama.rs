@@ -1,9 +1,11 @@
-//! Llama-family decoder (Llama, Mistral, Qwen2, SmolLM): RMSNorm → GQA self-attention with RoPE
-//! and a KV cache → RMSNorm → SiLU-gated MLP, residuals around both; tied or separate `lm_head`.
+//! Llama-family decoder (Llama, Mistral, Qwen2, SmolLM, Mixtral): RMSNorm → GQA self-attention with
+//! RoPE and a KV cache → RMSNorm → SiLU-gated MLP or sparse MoE, residuals around both; tied or
+//! separate `lm_head`.
 //!
 //! Shapes: T new tokens, S cached + new tokens, C hidden, Hq/Hkv heads, D head dim, F MLP, V vocab.
 
 use super::config::LlamaConfig;
+use super::moe::SparseMoe;
 use super::{load, Linear, Norm, Weights};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -17,9 +19,29 @@ struct Layer {
     v: Linear,     // [Hkv*D, C]
     o: Linear,     // [C, Hq*D]
     ln2: Norm,     // [C]
-    gate: Linear,  // [F, C]
-    up: Linear,    // [F, C]
-    down: Linear,  // [C, F]
+    mlp: Mlp,
+}
+
+enum Mlp {
+    Dense {
+        gate: Linear, // [F, C]
+        up: Linear,   // [F, C]
+        down: Linear, // [C, F]
+    },
+    Sparse(SparseMoe),
+}
+
+impl Mlp {
+    fn forward(&self, dev: &Device, h: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Dense { gate, up, down } => {
+                let g = dev.exec1(&Op::Silu, &[&gate.forward(dev, h)?])?;
+                let m = dev.exec1(&Op::Mul, &[&g, &up.forward(dev, h)?])?;
+                down.forward(dev, &m)
+            }
+            Mlp::Sparse(moe) => moe.forward(dev, h),
+        }
+    }
 }
 
 pub struct Llama {
@@ -56,9 +78,14 @@ impl Llama {
                 v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
                 o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
                 ln2: rms(dev, w, &format!("{p}.post_attention_layernorm.weight"), c, eps)?,
-                gate: Linear::load(dev, w, &format!("{p}.mlp.gate_proj"), c, f, false)?,
-                up: Linear::load(dev, w, &format!("{p}.mlp.up_proj"), c, f, false)?,
-                down: Linear::load(dev, w, &format!("{p}.mlp.down_proj"), f, c, false)?,
+                mlp: match cfg.num_local_experts {
+                    Some(e) => Mlp::Sparse(SparseMoe::load(dev, w, &p, c, f, e, cfg.num_experts_per_tok.unwrap_or(2))?),
+                    None => Mlp::Dense {
+                        gate: Linear::load(dev, w, &format!("{p}.mlp.gate_proj"), c, f, false)?,
+                        up: Linear::load(dev, w, &format!("{p}.mlp.up_proj"), c, f, false)?,
+                        down: Linear::load(dev, w, &format!("{p}.mlp.down_proj"), f, c, false)?,
+                    },
+                },
             });
         }
         let embed = load(dev, w, "model.embed_tokens.weight", &[v, c])?;
@@ -112,9 +139,7 @@ impl Llama {
             let a = dev.exec1(&to_heads, &[&a])?.reshape(&[t, hq * d])?;
             x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a)?])?;
             let h = l.ln2.forward(dev, &x)?;
-            let g = dev.exec1(&Op::Silu, &[&l.gate.forward(dev, &h)?])?;
-            let m = dev.exec1(&Op::Mul, &[&g, &l.up.forward(dev, &h)?])?;
-            x = dev.exec1(&Op::Add, &[&x, &l.down.forward(dev, &m)?])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.mlp.forward(dev, &h)?])?;
         }
         cache.len += t;
         let x = if all_logits || t == 1 {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod generate;
 pub mod hf;
 pub mod llama;
+pub mod moe;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
