@@ -38,6 +38,8 @@ pub enum Op {
     Gelu(GeluKind),
     /// `x * sigmoid(x)`.
     Silu,
+    /// `1 / (1 + exp(-x))` (MoE shared-expert gates, sigmoid routers).
+    Sigmoid,
     /// Inputs `(table [V, C] f32/f16/bf16, ids [..] u32)` → `[.., C] f32`. Ids `>= V` give zero rows.
     Embedding,
     /// Rotary embedding, HF rotate-half convention, on `x [.., T, D]` with `positions [T] u32`:
@@ -77,7 +79,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, TopK);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -95,6 +97,7 @@ impl Op {
             Op::RmsNorm { .. } => OpKind::RmsNorm,
             Op::Gelu(_) => OpKind::Gelu,
             Op::Silu => OpKind::Silu,
+            Op::Sigmoid => OpKind::Sigmoid,
             Op::Embedding => OpKind::Embedding,
             Op::Rope { .. } => OpKind::Rope,
             Op::Attention { .. } => OpKind::Attention,
@@ -188,7 +191,7 @@ impl Op {
                 }
                 out(*x, DType::F32)
             }
-            Op::Softmax | Op::Gelu(_) | Op::Silu => {
+            Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid => {
                 arity(1, 1, "1")?;
                 out(*f32_in(0)?, DType::F32)
             }

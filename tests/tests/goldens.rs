@@ -91,6 +91,7 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
         }
         "Concat" => Op::Concat { axis: u("axis")? },
         "ExpertMatmul" => Op::ExpertMatmul,
+        "Sigmoid" => Op::Sigmoid,
         "TopK" => Op::TopK { k: u("k")? },
         other => return Err(format!("unknown op {other:?}")),
     })
