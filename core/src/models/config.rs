@@ -68,9 +68,39 @@ pub struct LlamaConfig {
     /// Mixtral: experts per MoE layer (every layer's MLP is a sparse MoE block when set).
     #[serde(default)]
     pub num_local_experts: Option<usize>,
-    /// Mixtral: experts each token is routed to.
+    /// Mixtral / Qwen2-MoE: experts each token is routed to.
     #[serde(default)]
     pub num_experts_per_tok: Option<usize>,
+    /// Qwen2-MoE: experts per MoE layer.
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    /// Qwen2-MoE: width of each routed expert's MLP.
+    #[serde(default)]
+    pub moe_intermediate_size: Option<usize>,
+    /// Qwen2-MoE: width of the always-on shared expert (0 or absent: none).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Renormalise the k routing weights to sum to 1 (Mixtral always does).
+    #[serde(default)]
+    pub norm_topk_prob: Option<bool>,
+    /// Qwen2-MoE: every `decoder_sparse_step`-th layer is sparse...
+    #[serde(default)]
+    pub decoder_sparse_step: Option<usize>,
+    /// ...except these, which keep a dense MLP.
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+}
+
+/// The sparse-MoE shape of one layer's MLP, when it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoeSpec {
+    pub experts: usize,
+    pub k: usize,
+    /// Width of each routed expert.
+    pub width: usize,
+    pub norm_topk: bool,
+    /// Width of the shared expert (0: none).
+    pub shared_width: usize,
 }
 
 fn llama_eps() -> f32 {
@@ -84,6 +114,26 @@ fn silu() -> String {
 }
 
 impl LlamaConfig {
+    /// Layer `i`'s MoE block, or `None` for a dense MLP.
+    pub fn moe(&self, i: usize) -> Option<MoeSpec> {
+        let k = self.num_experts_per_tok.unwrap_or(2);
+        if let Some(e) = self.num_local_experts {
+            return Some(MoeSpec { experts: e, k, width: self.intermediate_size, norm_topk: true, shared_width: 0 });
+        }
+        let e = self.num_experts.filter(|&e| e > 0)?;
+        let step = self.decoder_sparse_step.unwrap_or(1).max(1);
+        if self.mlp_only_layers.contains(&i) || (i + 1) % step != 0 {
+            return None;
+        }
+        Some(MoeSpec {
+            experts: e,
+            k,
+            width: self.moe_intermediate_size.unwrap_or(self.intermediate_size),
+            norm_topk: self.norm_topk_prob.unwrap_or(false),
+            shared_width: self.shared_expert_intermediate_size.unwrap_or(0),
+        })
+    }
+
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -147,12 +197,12 @@ impl ModelConfig {
                 }
                 ModelConfig::Bert(c)
             }
-            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "MixtralForCausalLM", _)
-            | ("", "llama" | "mistral" | "qwen2" | "mixtral") => {
+            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "MixtralForCausalLM" | "Qwen2MoeForCausalLM", _)
+            | ("", "llama" | "mistral" | "qwen2" | "mixtral" | "qwen2_moe") => {
                 let mut c: LlamaConfig = serde_json::from_str(json).map_err(bad)?;
                 if c.attention_bias.is_none() {
                     // Qwen2 always has q/k/v biases; its config does not say so.
-                    c.attention_bias = Some(arch == "Qwen2ForCausalLM" || mt == "qwen2");
+                    c.attention_bias = Some(matches!(arch.as_str(), "Qwen2ForCausalLM" | "Qwen2MoeForCausalLM") || mt.starts_with("qwen2"));
                 }
                 let (h, kv) = (c.num_attention_heads, c.kv_heads());
                 if h == 0 || kv == 0 || h % kv != 0 || c.head_dim() % 2 != 0 {
@@ -161,7 +211,7 @@ impl ModelConfig {
                         kind: FileError::BadHeader(format!("{h} heads, {kv} kv heads, head_dim {}: not a valid grouping", c.head_dim())),
                     });
                 }
-                if let (Some(e), k) = (c.num_local_experts, c.num_experts_per_tok.unwrap_or(2)) {
+                if let (Some(e), k) = (c.num_local_experts.or(c.num_experts), c.num_experts_per_tok.unwrap_or(2)) {
                     if e == 0 || k == 0 || k > e {
                         return Err(Error::File {
                             file: file.into(),

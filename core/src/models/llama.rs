@@ -78,8 +78,8 @@ impl Llama {
                 v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
                 o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
                 ln2: rms(dev, w, &format!("{p}.post_attention_layernorm.weight"), c, eps)?,
-                mlp: match cfg.num_local_experts {
-                    Some(e) => Mlp::Sparse(SparseMoe::load(dev, w, &p, c, f, e, cfg.num_experts_per_tok.unwrap_or(2))?),
+                mlp: match cfg.moe(i) {
+                    Some(spec) => Mlp::Sparse(SparseMoe::load(dev, w, &p, c, spec)?),
                     None => Mlp::Dense {
                         gate: Linear::load(dev, w, &format!("{p}.mlp.gate_proj"), c, f, false)?,
                         up: Linear::load(dev, w, &format!("{p}.mlp.up_proj"), c, f, false)?,

@@ -1,10 +1,12 @@
-//! Sparse mixture-of-experts MLP (Mixtral): router → top-k → softmax over the k picks → SiLU-gated
-//! experts through `ExpertMatmul` → weighted sum. Everything stays on the device: the routing ids
-//! feed the expert kernels directly, with no host readback (9 dispatches per layer).
+//! Sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE): router → softmax → top-k (→ renormalised)
+//! → SiLU-gated experts through `ExpertMatmul` → weighted sum, plus Qwen2-MoE's shared expert
+//! behind a sigmoid gate. Everything stays on the device: the routing ids feed the expert kernels
+//! directly, with no host readback (9 dispatches per Mixtral layer).
 //!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
-use super::{load, Weights};
+use super::config::MoeSpec;
+use super::{load, Linear, Weights};
 use crate::device::Device;
 use crate::error::{Error, FileError, Result};
 use crate::op::Op;
@@ -16,6 +18,16 @@ pub(crate) struct SparseMoe {
     up: Tensor,     // [E, F, C]
     down: Tensor,   // [E, C, F]
     k: usize,
+    norm_topk: bool,
+    shared: Option<Shared>,
+}
+
+/// Qwen2-MoE's always-on expert: `sigmoid(h · g) * mlp(h)`.
+struct Shared {
+    gate: Linear,      // [S, C]
+    up: Linear,        // [S, C]
+    down: Linear,      // [C, S]
+    gate_proj: Tensor, // [1, C]
 }
 
 /// `[E, rows, cols]` from E tensors of `[rows, cols]` (the per-expert checkpoint layout).
@@ -37,7 +49,8 @@ fn stack(w: &dyn Weights, names: &[String], rows: usize, cols: usize) -> Result<
 impl SparseMoe {
     /// Reads either layout: fused `mlp.experts.gate_up_proj [E, 2F, C]` + `down_proj [E, C, F]`
     /// (transformers 5), or per-expert `block_sparse_moe.experts.N.w1/w3 [F, C]`, `w2 [C, F]`.
-    pub fn load(dev: &Device, w: &dyn Weights, layer: &str, c: usize, f: usize, e: usize, k: usize) -> Result<SparseMoe> {
+    pub fn load(dev: &Device, w: &dyn Weights, layer: &str, c: usize, spec: MoeSpec) -> Result<SparseMoe> {
+        let (e, f, k) = (spec.experts, spec.width, spec.k);
         let fused = format!("{layer}.mlp.experts.gate_up_proj");
         let (router, gate, up, down) = if w.contains(&fused) {
             let gu = w.tensor(&fused)?;
@@ -61,32 +74,61 @@ impl SparseMoe {
                 load(dev, w, &format!("{layer}.mlp.experts.down_proj"), &[e, c, f])?,
             )
         } else {
-            let p = format!("{layer}.block_sparse_moe");
+            // Per expert: Mixtral's block_sparse_moe.experts.N.w1/w3/w2, or Qwen2-MoE's
+            // mlp.experts.N.gate_proj/up_proj/down_proj.
+            let mixtral = w.contains(&format!("{layer}.block_sparse_moe.gate.weight"));
+            let (p, [g, u, d]) =
+                if mixtral { (format!("{layer}.block_sparse_moe"), ["w1", "w3", "w2"]) } else { (format!("{layer}.mlp"), ["gate_proj", "up_proj", "down_proj"]) };
             let names = |wn: &str| (0..e).map(|i| format!("{p}.experts.{i}.{wn}.weight")).collect::<Vec<_>>();
             (
                 load(dev, w, &format!("{p}.gate.weight"), &[e, c])?,
-                dev.upload(&stack(w, &names("w1"), f, c)?)?,
-                dev.upload(&stack(w, &names("w3"), f, c)?)?,
-                dev.upload(&stack(w, &names("w2"), c, f)?)?,
+                dev.upload(&stack(w, &names(g), f, c)?)?,
+                dev.upload(&stack(w, &names(u), f, c)?)?,
+                dev.upload(&stack(w, &names(d), c, f)?)?,
             )
         };
-        Ok(SparseMoe { router, gate, up, down, k })
+        let shared = if spec.shared_width > 0 {
+            let (p, s) = (format!("{layer}.mlp.shared_expert"), spec.shared_width);
+            Some(Shared {
+                gate: Linear::load(dev, w, &format!("{p}.gate_proj"), c, s, false)?,
+                up: Linear::load(dev, w, &format!("{p}.up_proj"), c, s, false)?,
+                down: Linear::load(dev, w, &format!("{p}.down_proj"), s, c, false)?,
+                gate_proj: load(dev, w, &format!("{layer}.mlp.shared_expert_gate.weight"), &[1, c])?,
+            })
+        } else {
+            None
+        };
+        Ok(SparseMoe { router, gate, up, down, k, norm_topk: spec.norm_topk, shared })
     }
 
     /// `h [T, C]` → `[T, C]`.
     pub fn forward(&self, dev: &Device, h: &Tensor) -> Result<Tensor> {
         let (t, c) = (h.dims()[0], h.dims()[1]);
         let logits = dev.exec1(&Op::Matmul { trans_b: true }, &[h, &self.router])?; // [T, E]
-        let picks = dev.exec(&Op::TopK { k: self.k }, &[&logits])?; // ([T, K] f32, [T, K] u32)
-        // softmax over all E then renormalised over the K picks = softmax over the K picked logits.
-        let weights = dev.exec1(&Op::Softmax, &[&picks[0]])?; // [T, K]
-        let idx = &picks[1];
+        let (weights, idx) = if self.norm_topk {
+            // softmax over all E then renormalised over the K picks = softmax over the K picked logits.
+            let picks = dev.exec(&Op::TopK { k: self.k }, &[&logits])?; // ([T, K] f32, [T, K] u32)
+            (dev.exec1(&Op::Softmax, &[&picks[0]])?, picks[1].clone())
+        } else {
+            let probs = dev.exec1(&Op::Softmax, &[&logits])?;
+            let mut picks = dev.exec(&Op::TopK { k: self.k }, &[&probs])?;
+            let idx = picks.pop().expect("top-k has two outputs");
+            (picks.pop().expect("top-k has two outputs"), idx)
+        };
+        let idx = &idx;
         let g = dev.exec1(&Op::ExpertMatmul, &[h, &self.gate, idx])?; // [T, K, F]
         let u = dev.exec1(&Op::ExpertMatmul, &[h, &self.up, idx])?;
         let m = dev.exec1(&Op::Mul, &[&dev.exec1(&Op::Silu, &[&g])?, &u])?;
         let d = dev.exec1(&Op::ExpertMatmul, &[&m, &self.down, idx])?; // [T, K, C]
         // out[t] = weights[t] (1 x K) · d[t] (K x C), one small matmul per token.
         let out = dev.exec1(&Op::Matmul { trans_b: false }, &[&weights.reshape(&[t, 1, self.k])?, &d])?;
-        out.reshape(&[t, c])
+        let out = out.reshape(&[t, c])?;
+        let Some(s) = &self.shared else { return Ok(out) };
+        let g = dev.exec1(&Op::Silu, &[&s.gate.forward(dev, h)?])?;
+        let y = s.down.forward(dev, &dev.exec1(&Op::Mul, &[&g, &s.up.forward(dev, h)?])?)?; // [T, C]
+        let gate = dev.exec1(&Op::Sigmoid, &[&dev.exec1(&Op::Matmul { trans_b: true }, &[h, &s.gate_proj])?])?; // [T, 1]
+        // gate[t] (1 x 1) · y[t] (1 x C): the per-token scale as a batched matmul.
+        let y = dev.exec1(&Op::Matmul { trans_b: false }, &[&gate.reshape(&[t, 1, 1])?, &y.reshape(&[t, 1, c])?])?;
+        dev.exec1(&Op::Add, &[&out, &y.reshape(&[t, c])?])
     }
 }
