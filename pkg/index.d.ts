@@ -124,6 +124,8 @@ export class Model {
   readonly device: "webgpu" | "cpu";
   /** Token ids of `text` with the model's tokenizer. */
   encode(text: string): number[];
+  /** Logits for every position of `ids` (decoders), from a fresh KV cache. */
+  logits(ids: number[]): Promise<{ dims: [number, number]; data: Float32Array }>;
   /** Pooled sentence embedding(s) (encoders). */
   embed(text: string): Promise<Float32Array>;
   embed(texts: string[]): Promise<Float32Array[]>;

@@ -287,6 +287,14 @@ export class Model {
     return Array.from(call(() => this.#self().encode(text)));
   }
 
+  /** Logits for every position of `ids` (decoders): `{ dims: [T, V], data: Float32Array }`. */
+  async logits(ids) {
+    const raw = this.#self();
+    const data = await call(() => raw.logits(Uint32Array.from(ids)));
+    const t = ids.length;
+    return { dims: [t, t ? data.length / t : 0], data };
+  }
+
   /** Pooled embedding(s): a Float32Array for a string, an array of them for an array of strings. */
   async embed(text) {
     const many = Array.isArray(text);

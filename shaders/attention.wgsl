@@ -28,7 +28,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // [B, Hq, Tq, Dv]
 
 override WG: u32 = 64u;
-const NEG_INF: f32 = -3.4028235e38;
+const NEG_INF: f32 = -3.402823466e38;
 var<workgroup> scores: array<f32, WG>;
 
 @compute @workgroup_size(WG)

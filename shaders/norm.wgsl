@@ -49,7 +49,7 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let row = wg.x + wg.y * nwg.x;
     if (row >= p.rows) { return; }   // uniform per workgroup, so barriers stay uniform
     let base = row * p.cols;
-    var m = -3.4028235e38;
+    var m = -3.402823466e38;
     for (var c = lid; c < p.cols; c += WG) { m = max(m, x[base + c]); }
     m = reduce_max(lid, m);
     var s = 0.0;

@@ -62,3 +62,21 @@ fn a_broken_shader_is_rejected() {
     );
     assert!(m.is_err() || validator().validate(&m.unwrap()).is_err());
 }
+
+#[test]
+fn float_literals_fit_f32_exactly() {
+    // naga rounds an out-of-range literal such as -3.4028235e38 to f32::MAX, but Chrome's Tint
+    // rejects it ("cannot be represented as 'f32'"): every literal must already be within range.
+    for shader in Shader::ALL {
+        let src = shader.source();
+        for tok in src.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '+')) {
+            let t = tok.trim_start_matches('-').trim_end_matches('f');
+            if !t.contains('e') || !t.starts_with(|c: char| c.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(v) = t.parse::<f64>() {
+                assert!(v <= f32::MAX as f64, "{}.wgsl: literal {tok} exceeds f32::MAX", shader.name());
+            }
+        }
+    }
+}

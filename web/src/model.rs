@@ -101,6 +101,13 @@ impl Model {
         tok.encode(text).map(|e| e.ids).map_err(core_err)
     }
 
+    /// Logits `[T, V]` (row-major) for every position of `ids` (decoders), from a fresh cache.
+    pub async fn logits(&self, ids: Vec<u32>) -> Result<js_sys::Float32Array, JsError> {
+        let Kind::Decoder(lm) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "logits() needs a decoder model")) };
+        let l = lm.prompt_logits(&ids).await.map_err(core_err)?;
+        Ok(js_sys::Float32Array::from(l.as_f32().map_err(core_err)?))
+    }
+
     /// Pooled sentence embeddings (encoders): one Float32Array per text.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<js_sys::Float32Array>, JsError> {
         let Kind::Encoder(e) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "embed() needs an encoder model")) };
