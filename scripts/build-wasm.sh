@@ -27,7 +27,7 @@ fi
 
 echo "build-wasm: cargo build (profile wasm)"
 cargo build -p taskloom-web --lib --target wasm32-unknown-unknown --profile wasm
-wasm=target/wasm32-unknown-unknown/wasm/taskloom_web.wasm
+wasm=${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/wasm/taskloom_web.wasm
 
 echo "build-wasm: wasm-bindgen --target web -> $out"
 rm -rf "$out"

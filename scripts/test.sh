@@ -99,7 +99,8 @@ export XDG_RUNTIME_DIR
 cargo test --workspace --exclude taskloom-web
 # The web crate must build natively too; its example is the browser test's native reference.
 cargo build -p taskloom-web --example matmul_ref
-export TASKLOOM_MATMUL_REF="$root/target/debug/examples/matmul_ref"
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+export TASKLOOM_MATMUL_REF="$target_dir/debug/examples/matmul_ref"
 
 # ---------------------------------------------------------------------------------------------
 section "build: wasm package"
