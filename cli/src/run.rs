@@ -10,6 +10,7 @@ use taskloom::models::causal::CausalLm;
 use taskloom::models::config::ModelConfig;
 use taskloom::models::generate::Sampling;
 use taskloom::models::hf::{DirFiles, Encoder, Files};
+use taskloom::models::Progress;
 use taskloom::{DeviceChoice, TensorData};
 
 #[derive(clap::Args)]
@@ -59,16 +60,43 @@ pub fn run(a: Args) -> CliResult {
         return Err(msg("give --text TEXT or --ids 1,2,3"));
     }
     let dev = open_device(a.device)?;
+    let bar = load_bar(a.json);
+    let on_progress = |p: Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.loaded);
+    };
     if a.model.extension().is_some_and(|e| e == "gguf") {
-        let lm = CausalLm::load_gguf_path(&a.model, dev)?;
-        return decoder(&a, &lm);
+        let lm = CausalLm::load_gguf_path_with_progress(&a.model, dev, &on_progress);
+        bar.finish_and_clear();
+        return decoder(&a, &lm?);
     }
     let files = DirFiles(a.model.clone());
     let cfg_bytes = files.read("config.json")?.ok_or_else(|| msg(format!("{}: no config.json (nor a .gguf file)", a.model.display())))?;
     match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg_bytes))? {
-        ModelConfig::Bert(_) => encoder(&a, &Encoder::load(&files, dev)?),
-        _ => decoder(&a, &CausalLm::load(&files, dev)?),
+        ModelConfig::Bert(_) => {
+            let enc = Encoder::load_with_progress(&files, dev, &on_progress);
+            bar.finish_and_clear();
+            encoder(&a, &enc?)
+        }
+        _ => {
+            let lm = CausalLm::load_with_progress(&files, dev, &on_progress);
+            bar.finish_and_clear();
+            decoder(&a, &lm?)
+        }
     }
+}
+
+/// A byte progress bar on stderr while weights load; hidden with --json or when stderr is not a
+/// terminal (indicatif draws nothing there).
+fn load_bar(json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes} ({eta})") {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn encoder(a: &Args, enc: &Encoder) -> CliResult {

@@ -5,7 +5,7 @@ use super::config::{LlamaConfig, ModelConfig};
 use super::generate::{sample, Rng, Sampling};
 use super::hf::Files;
 use super::llama::Llama;
-use super::Weights;
+use super::{Progress, Tracked, Weights};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{Gguf, GgufWeights};
@@ -35,6 +35,11 @@ fn token_text(v: &serde_json::Value) -> Option<String> {
 impl CausalLm {
     /// A Hugging Face folder: `config.json`, safetensors, `tokenizer.json`, `tokenizer_config.json`.
     pub fn load(files: &dyn Files, device: Device) -> Result<CausalLm> {
+        CausalLm::load_with_progress(files, device, &|_| {})
+    }
+
+    /// [`CausalLm::load`], reporting weight bytes loaded as it goes.
+    pub fn load_with_progress(files: &dyn Files, device: Device, on_progress: &dyn Fn(Progress)) -> Result<CausalLm> {
         let need = |rel: &str| {
             files.read(rel)?.ok_or_else(|| Error::Io {
                 path: format!("{}/{rel}", files.name()),
@@ -57,12 +62,17 @@ impl CausalLm {
         let bos = tc.get("bos_token").and_then(token_text);
         let eos = tc.get("eos_token").and_then(token_text);
         let weights = files.weights()?;
-        CausalLm::from_parts(cfg, &weights, tokenizer, template, bos, eos, device)
+        CausalLm::from_parts(cfg, &Tracked::new(&weights, on_progress), tokenizer, template, bos, eos, device)
     }
 
     /// A llama.cpp GGUF file: weights (dequantised at load), config, tokenizer and chat template
     /// all come from the one file.
     pub fn from_gguf(gguf: Gguf, device: Device) -> Result<CausalLm> {
+        CausalLm::from_gguf_with_progress(gguf, device, &|_| {})
+    }
+
+    /// [`CausalLm::from_gguf`], reporting weight bytes loaded as it goes.
+    pub fn from_gguf_with_progress(gguf: Gguf, device: Device, on_progress: &dyn Fn(Progress)) -> Result<CausalLm> {
         let cfg = match ModelConfig::parse(gguf.file(), &gguf.llama_config_json()?)? {
             ModelConfig::Llama(c) => c,
             _ => return Err(Error::InvalidParam { op: "gguf", reason: format!("{}: not a Llama-family decoder", gguf.file()) }),
@@ -72,12 +82,17 @@ impl CausalLm {
         let name = |key: &str| gguf.get_u32(key).ok().and_then(|id| tokenizer.decode(&[id], false).ok());
         let (bos, eos) = (name("tokenizer.ggml.bos_token_id"), name("tokenizer.ggml.eos_token_id"));
         let weights = GgufWeights::new(gguf)?;
-        CausalLm::from_parts(cfg, &weights, tokenizer, template, bos, eos, device)
+        CausalLm::from_parts(cfg, &Tracked::new(&weights, on_progress), tokenizer, template, bos, eos, device)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_gguf_path(path: &std::path::Path, device: Device) -> Result<CausalLm> {
         CausalLm::from_gguf(Gguf::open(path)?, device)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_gguf_path_with_progress(path: &std::path::Path, device: Device, on_progress: &dyn Fn(Progress)) -> Result<CausalLm> {
+        CausalLm::from_gguf_with_progress(Gguf::open(path)?, device, on_progress)
     }
 
     pub fn from_parts(

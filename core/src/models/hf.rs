@@ -4,7 +4,7 @@
 
 use super::bert::{pool, Bert, EncoderInput, Pooling};
 use super::config::ModelConfig;
-use super::Weights;
+use super::{Progress, Tracked, Weights};
 use crate::device::Device;
 use crate::error::{Error, FileError, Result};
 use crate::formats::safetensors::SafeTensors;
@@ -27,6 +27,12 @@ impl Weights for Shards {
     }
     fn origin(&self) -> String {
         self.0.iter().map(|s| s.file().to_string()).collect::<Vec<_>>().join(", ")
+    }
+    fn stored_bytes(&self, name: &str) -> u64 {
+        self.0.iter().find_map(|s| s.info(name).ok().map(|i| i.bytes)).unwrap_or(0)
+    }
+    fn total_bytes(&self) -> u64 {
+        self.0.iter().map(|s| s.total_bytes()).sum()
     }
 }
 
@@ -102,6 +108,11 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn load(files: &dyn Files, device: Device) -> Result<Encoder> {
+        Encoder::load_with_progress(files, device, &|_| {})
+    }
+
+    /// [`Encoder::load`], reporting weight bytes loaded as it goes.
+    pub fn load_with_progress(files: &dyn Files, device: Device, on_progress: &dyn Fn(Progress)) -> Result<Encoder> {
         let cfg_text = String::from_utf8_lossy(&required(files, "config.json")?).into_owned();
         let cfg = match ModelConfig::parse("config.json", &cfg_text)? {
             ModelConfig::Bert(c) => c,
@@ -119,7 +130,7 @@ impl Encoder {
             }
         };
         let weights = files.weights()?;
-        let bert = Bert::load(&device, cfg, &weights)?;
+        let bert = Bert::load(&device, cfg, &Tracked::new(&weights, on_progress))?;
         Ok(Encoder { bert, tokenizer, pooling, device })
     }
 

@@ -22,6 +22,55 @@ pub trait Weights {
     fn contains(&self, name: &str) -> bool;
     /// For messages: the file(s) behind this source.
     fn origin(&self) -> String;
+    /// Bytes `name` occupies in its file (0 when unknown): what loading progress counts.
+    fn stored_bytes(&self, _name: &str) -> u64 {
+        0
+    }
+    /// Bytes of every tensor in the source (0 when unknown).
+    fn total_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// How far a model load has got, in bytes of the weight files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub loaded: u64,
+    pub total: u64,
+}
+
+/// A [`Weights`] source that reports every tensor it hands out to a progress callback.
+pub struct Tracked<'a> {
+    inner: &'a dyn Weights,
+    loaded: std::cell::Cell<u64>,
+    on_progress: &'a dyn Fn(Progress),
+}
+
+impl<'a> Tracked<'a> {
+    pub fn new(inner: &'a dyn Weights, on_progress: &'a dyn Fn(Progress)) -> Tracked<'a> {
+        Tracked { inner, loaded: std::cell::Cell::new(0), on_progress }
+    }
+}
+
+impl Weights for Tracked<'_> {
+    fn tensor(&self, name: &str) -> Result<TensorData> {
+        let t = self.inner.tensor(name)?;
+        self.loaded.set(self.loaded.get() + self.inner.stored_bytes(name));
+        (self.on_progress)(Progress { loaded: self.loaded.get(), total: self.inner.total_bytes() });
+        Ok(t)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn origin(&self) -> String {
+        self.inner.origin()
+    }
+    fn stored_bytes(&self, name: &str) -> u64 {
+        self.inner.stored_bytes(name)
+    }
+    fn total_bytes(&self) -> u64 {
+        self.inner.total_bytes()
+    }
 }
 
 /// Fetches `name`, checks its shape, uploads it.

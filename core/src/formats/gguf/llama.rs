@@ -135,6 +135,14 @@ impl Weights for GgufWeights {
     fn origin(&self) -> String {
         self.gguf.file().to_owned()
     }
+
+    fn stored_bytes(&self, name: &str) -> u64 {
+        hf_to_gguf_name(name).and_then(|g| self.gguf.info(&g).ok().map(|i| i.bytes)).unwrap_or(0)
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.gguf.total_bytes()
+    }
 }
 
 /// An f32 from the file as the decimal a person wrote (1e-5, not 9.999999747378752e-6).
