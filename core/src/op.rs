@@ -42,7 +42,9 @@ pub enum Op {
     Sigmoid,
     /// Inputs `(table [V, C] f32/f16/bf16, ids [..] u32)` → `[.., C] f32`. Ids `>= V` give zero rows.
     Embedding,
-    /// Rotary embedding, HF rotate-half convention, on `x [.., T, D]` with `positions [T] u32`:
+    /// Rotary embedding, HF rotate-half convention, on `x [.., T, D]` with `positions [T] u32`
+    /// shared by every row, or `positions [B, T]` per batch row for `x [B, .., T, D]` (left-padded
+    /// batches, where each row's tokens start at its own position 0):
     /// for `i < D/2`, angle `= pos * theta^(-2i/D)`, `out[i] = x[i]cos - x[i+D/2]sin`,
     /// `out[i+D/2] = x[i+D/2]cos + x[i]sin`.
     Rope { theta: f32 },
@@ -244,8 +246,10 @@ impl Op {
                 if x.rank() < 2 || x.last() % 2 != 0 {
                     return Err(mismatch("x [.., T, D] with even D".into(), x));
                 }
-                if p.rank() != 1 || p.numel() != x.from_end(1) {
-                    return Err(mismatch(format!("positions [{}]", x.from_end(1)), p));
+                let t = x.from_end(1);
+                let per_batch = x.rank() >= 3 && p.dims() == [x.dims()[0], t];
+                if !(p.rank() == 1 && p.numel() == t) && !per_batch {
+                    return Err(mismatch(format!("positions [{t}] or [{}, {t}]", x.dims()[0]), p));
                 }
                 out(*x, DType::F32)
             }

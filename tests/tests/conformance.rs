@@ -102,6 +102,10 @@ fn gather_cases(rng: &mut Rng, v: &mut Vec<Case>) {
         let inputs = vec![f32s(rng, &dims, -1.0, 1.0), TensorData::u32(&[t], pos).unwrap()];
         v.push(case(format!("rope {dims:?} theta={theta}"), Op::Rope { theta }, inputs, 2e-4, 0.0));
     }
+    // Per-batch positions [B, T] (left-padded batches).
+    let pos = (0..2 * 17).map(|i| (i as u32 * 7) % 40).collect();
+    let inputs = vec![f32s(rng, &[2, 3, 17, 16], -1.0, 1.0), TensorData::u32(&[2, 17], pos).unwrap()];
+    v.push(case("rope per-batch positions".into(), Op::Rope { theta: 10000.0 }, inputs, 2e-4, 0.0));
 }
 
 fn attention_cases(rng: &mut Rng, v: &mut Vec<Case>) {

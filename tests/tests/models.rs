@@ -113,3 +113,48 @@ fn moe_layer_is_nine_dispatches_with_routing_on_the_device() {
     };
     assert_eq!(count("mixtral") - count("llama"), 2 * (9 - 5));
 }
+
+#[test]
+fn batched_prompts_with_padding_equal_single_runs() {
+    // Two prompts of different lengths in one left-padded batch, then three decode steps: every
+    // real token's logits equal the same row run alone (whose logits equal transformers').
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpu_or_skip("batched prompts"));
+    for dev in &devices {
+        for name in ["llama", "mixtral"] {
+            let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
+            let v = cfg.vocab_size;
+            let model = Llama::load(dev, cfg, &DirFiles(dir(name)).weights().unwrap()).unwrap();
+            let rows: [&[u32]; 2] = [&[1, 5, 17, 3, 42, 8], &[7, 9, 2]];
+            let read = |t: taskloom::Tensor| pollster::block_on(dev.download(&t)).unwrap().as_f32().unwrap().to_vec();
+            let mut cache = model.new_cache();
+            let batch = read(model.forward_batch(dev, &rows, &mut cache, true).unwrap()); // [2*6, V]
+            let mut singles = Vec::new();
+            for (r, row) in rows.iter().enumerate() {
+                let mut c = model.new_cache();
+                let alone = read(model.forward(dev, row, &mut c, true).unwrap());
+                let pad = 6 - row.len();
+                let got = &batch[(r * 6 + pad) * v..(r + 1) * 6 * v];
+                if let Some((i, g, w)) = first_violation(got, &alone, 1e-4, 1e-4) {
+                    panic!("{name} on {}: row {r} logit {i}: batched {g}, alone {w}", dev.kind());
+                }
+                singles.push((c, argmax(&alone[alone.len() - v..])));
+            }
+            let mut next: Vec<u32> = (0..2).map(|r| argmax(&batch[((r + 1) * 6 - 1) * v..(r + 1) * 6 * v])).collect();
+            for step in 0..3 {
+                let step_rows: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+                let l = read(model.forward_batch(dev, &step_rows, &mut cache, false).unwrap()); // [2, V]
+                for r in 0..2 {
+                    let (c, tok) = &mut singles[r];
+                    assert_eq!(*tok, next[r], "{name} step {step} row {r}: batched and single greedy picks differ");
+                    let alone = read(model.forward(dev, &[*tok], c, false).unwrap());
+                    if let Some((i, g, w)) = first_violation(&l[r * v..(r + 1) * v], &alone, 1e-4, 1e-4) {
+                        panic!("{name} on {} step {step} row {r} logit {i}: batched {g}, alone {w}", dev.kind());
+                    }
+                    *tok = argmax(&alone);
+                }
+                next = (0..2).map(|r| argmax(&l[r * v..(r + 1) * v])).collect();
+            }
+        }
+    }
+}

@@ -31,8 +31,11 @@ pub(super) fn rope(x: &[f32], shape: &Shape, pos: &[u32], theta: f32) -> Vec<f32
     if d == 0 || t == 0 {
         return out;
     }
+    // Rows per batch entry when positions are per batch row ([B, T]), else 0.
+    let rows_per_batch = if pos.len() > t { x.len() / d / shape.dims()[0] } else { 0 };
     for (r, (row, o)) in x.chunks(d).zip(out.chunks_mut(d)).enumerate() {
-        let p = pos[r % t] as f64;
+        let pi = if rows_per_batch > 0 { (r / rows_per_batch) * t + r % t } else { r % t };
+        let p = pos[pi] as f64;
         for i in 0..half {
             let inv_freq = (theta as f64).powf(-2.0 * i as f64 / d as f64);
             let (s, c) = (p * inv_freq).sin_cos();

@@ -99,7 +99,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
         Op::Rope { theta } => {
             let x = &inputs[0].shape;
             let pairs = numel / 2;
-            let params = words(&[u(pairs), u(x.from_end(1)), u(x.last()), theta.to_bits()]);
+            let (t, d) = (x.from_end(1), x.last());
+            let rows_per_batch = if inputs[1].shape.numel() > t { numel / d / x.dims()[0] } else { 0 };
+            let params = words(&[u(pairs), u(t), u(d), theta.to_bits(), u(rows_per_batch), 0, 0, 0]);
             g.dispatch(Shader::Rope, "rope", &[], &params, &[inb(0)?, inb(1)?, ob], g.grid(pairs, WG)?)?;
         }
         Op::Attention { causal, scale } => {

@@ -53,9 +53,14 @@ pub struct Llama {
 }
 
 /// Keys and values of every layer so far: `[1, Hkv, S, D]` each.
+/// For a batch, rows are left-padded to a common length: `mask [B, S]` marks real tokens and
+/// `next_pos[b]` is row b's next position (its count of real tokens so far).
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Slots per row so far (S).
     pub len: usize,
+    mask: Vec<u32>,
+    next_pos: Vec<u32>,
 }
 
 fn rms(dev: &Device, w: &dyn Weights, name: &str, c: usize, eps: f32) -> Result<Norm> {
@@ -100,31 +105,62 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0 }
+        KvCache { layers: (0..self.layers.len()).map(|_| None).collect(), len: 0, mask: Vec::new(), next_pos: Vec::new() }
     }
 
-    /// Runs `ids` (T new tokens) after what `cache` holds; returns logits `[T, V]` for every new
-    /// position when `all_logits`, else `[1, V]` for the last one. Stays on the device.
+    /// One sequence: [`Llama::forward_batch`] with a single row.
     pub fn forward(&self, dev: &Device, ids: &[u32], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
-        let t = ids.len();
+        self.forward_batch(dev, &[ids], cache, all_logits)
+    }
+
+    /// Runs B rows of new tokens after what `cache` holds (the same B on every call). Rows are
+    /// left-padded to the longest (T); padding is masked out of attention and each row's positions
+    /// start at its own first real token. Returns logits `[B*T, V]` for every slot when
+    /// `all_logits`, else `[B, V]` for each row's last token. Stays on the device.
+    pub fn forward_batch(&self, dev: &Device, rows: &[&[u32]], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let b = rows.len();
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
-        if t == 0 {
-            return Err(Error::InvalidParam { op: "llama", reason: "no tokens to run".into() });
+        if t == 0 || rows.iter().any(|r| r.is_empty()) {
+            return Err(Error::InvalidParam { op: "llama", reason: "every row needs at least one token".into() });
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.cfg.vocab_size) {
+        if cache.len > 0 && cache.next_pos.len() != b {
+            return Err(Error::InvalidParam { op: "llama", reason: format!("the cache holds {} rows, got {b}", cache.next_pos.len()) });
+        }
+        if let Some(&bad) = rows.iter().flat_map(|r| r.iter()).find(|&&i| i as usize >= self.cfg.vocab_size) {
             return Err(Error::InvalidParam { op: "llama", reason: format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size) });
         }
-        let start = cache.len;
-        let ids_t = dev.upload(&TensorData::u32(&[t], ids.to_vec())?)?;
-        let pos = dev.upload(&TensorData::u32(&[t], (start..start + t).map(|p| p as u32).collect())?)?;
+        cache.next_pos.resize(b, 0);
+        let (mut ids, mut pos, mut new_mask) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        for (r, row) in rows.iter().enumerate() {
+            let pad = t - row.len();
+            for s in 0..t {
+                let real = s >= pad;
+                ids.push(if real { row[s - pad] } else { 0 });
+                pos.push(if real { cache.next_pos[r] + (s - pad) as u32 } else { 0 });
+                new_mask.push(real as u32);
+            }
+            cache.next_pos[r] += row.len() as u32;
+        }
+        // mask [B, S + T]: each row's old slots, then its new ones.
+        let s_old = cache.len;
+        let mut mask = Vec::with_capacity(b * (s_old + t));
+        for r in 0..b {
+            mask.extend_from_slice(&cache.mask[r * s_old..(r + 1) * s_old]);
+            mask.extend_from_slice(&new_mask[r * t..(r + 1) * t]);
+        }
+        cache.mask = mask;
+        let ids_t = dev.upload(&TensorData::u32(&[b * t], ids)?)?;
+        let pos = dev.upload(&TensorData::u32(&[b, t], pos)?)?;
+        let mask_t = dev.upload(&TensorData::u32(&[b, s_old + t], cache.mask.clone())?)?;
         let rope = Op::Rope { theta: self.cfg.theta() };
         let to_heads = Op::Permute { perm: [0, 2, 1, 3] };
         let attn = Op::Attention { causal: true, scale: 1.0 / (d as f32).sqrt() };
 
-        let mut x = dev.exec1(&Op::Embedding, &[&self.embed, &ids_t])?; // [T, C]
+        let mut x = dev.exec1(&Op::Embedding, &[&self.embed, &ids_t])?; // [B*T, C]
         for (l, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = l.ln1.forward(dev, &x)?;
-            let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[1, t, n, d])?]);
+            let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[b, t, n, d])?]);
             let q = dev.exec1(&rope, &[&heads(l.q.forward(dev, &h)?, hq)?, &pos])?;
             let k = dev.exec1(&rope, &[&heads(l.k.forward(dev, &h)?, hkv)?, &pos])?;
             let v = heads(l.v.forward(dev, &h)?, hkv)?;
@@ -134,9 +170,9 @@ impl Llama {
                     (dev.exec1(&Op::Concat { axis: 2 }, &[&ck, &k])?, dev.exec1(&Op::Concat { axis: 2 }, &[&cv, &v])?)
                 }
             };
-            let a = dev.exec1(&attn, &[&q, &k, &v])?; // [1, Hq, T, D]
+            let a = dev.exec1(&attn, &[&q, &k, &v, &mask_t])?; // [B, Hq, T, D]
             *slot = Some((k, v));
-            let a = dev.exec1(&to_heads, &[&a])?.reshape(&[t, hq * d])?;
+            let a = dev.exec1(&to_heads, &[&a])?.reshape(&[b * t, hq * d])?;
             x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a)?])?;
             let h = l.ln2.forward(dev, &x)?;
             x = dev.exec1(&Op::Add, &[&x, &l.mlp.forward(dev, &h)?])?;
@@ -145,8 +181,8 @@ impl Llama {
         let x = if all_logits || t == 1 {
             x
         } else {
-            // The last row, gathered with the embedding op (x is an f32 [T, C] table).
-            let last = dev.upload(&TensorData::u32(&[1], vec![t as u32 - 1])?)?;
+            // Each row's last slot, gathered with the embedding op (x is an f32 [B*T, C] table).
+            let last = dev.upload(&TensorData::u32(&[b], (0..b).map(|r| (r * t + t - 1) as u32).collect())?)?;
             dev.exec1(&Op::Embedding, &[&x, &last])?
         };
         let x = self.norm.forward(dev, &x)?;
