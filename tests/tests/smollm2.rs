@@ -40,3 +40,17 @@ fn smollm2_gguf_matches_transformers_on_cpu() {
     assert_eq!(got, greedy, "greedy ids");
     assert_eq!(text, want["greedy_text"].as_str().unwrap());
 }
+
+#[test]
+fn smollm2_batched_generation_equals_single() {
+    let Some(dir) = model_or_skip("smollm2 batch", "smollm2") else { return };
+    let want = fixture_json("smollm2_expected.json");
+    let lm = CausalLm::load_gguf_path(&dir.join("SmolLM2-135M-Instruct.Q4_1.gguf"), Device::cpu()).unwrap();
+    let chat = lm.encode(&lm.chat_prompt(want["user"].as_str().unwrap()).unwrap()).unwrap();
+    let plain = lm.encode("The capital of Italy is").unwrap();
+    let s = Sampling { max_tokens: 6, ..Sampling::default() };
+    let batch = pollster::block_on(lm.generate_batch(&[chat.clone(), plain.clone()], &s)).unwrap();
+    assert_eq!(batch[0], ids(&want["greedy_ids"])[..6].to_vec(), "row 0 (the chat prompt) equals transformers' greedy ids");
+    let alone = pollster::block_on(lm.generate(&plain, &s, |_, _| true)).unwrap();
+    assert_eq!(batch[1], alone, "row 1 equals its own single-row run");
+}

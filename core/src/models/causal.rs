@@ -148,6 +148,40 @@ impl CausalLm {
         self.device.download(&l).await
     }
 
+    /// Generates after several prompts at once (one left-padded batch, one forward per step for all
+    /// rows); each row stops at its own stop token or `max_tokens`. Row `r` samples with seed
+    /// `s.seed + r`. Returns each row's generated ids.
+    pub async fn generate_batch(&self, prompts: &[Vec<u32>], s: &Sampling) -> Result<Vec<Vec<u32>>> {
+        let b = prompts.len();
+        let mut cache = self.model.new_cache();
+        let mut rngs: Vec<Rng> = (0..b).map(|r| Rng::new(s.seed.wrapping_add(r as u64))).collect();
+        let mut history: Vec<Vec<u32>> = prompts.to_vec();
+        let mut out = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+        let v = self.model.cfg.vocab_size;
+        for _ in 0..s.max_tokens {
+            let refs: Vec<&[u32]> = inputs.iter().map(|r| r.as_slice()).collect();
+            let logits = self.model.forward_batch(&self.device, &refs, &mut cache, false)?;
+            let rows = self.device.download(&logits).await?;
+            let rows = rows.as_f32()?;
+            for r in 0..b {
+                // Finished rows keep feeding their last token (masked in nothing, ignored after).
+                if !done[r] {
+                    let tok = sample(&rows[r * v..(r + 1) * v], &history[r], s, &mut rngs[r]);
+                    out[r].push(tok);
+                    history[r].push(tok);
+                    done[r] = self.eos.contains(&tok) || s.stop.contains(&tok);
+                }
+                inputs[r] = vec![*history[r].last().unwrap_or(&0)];
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Generates after `prompt`; `on_token(id, new_text)` gets each token and the text it adds, and
     /// may return `false` to stop. Returns the generated ids (stop token included when hit).
     pub async fn generate(&self, prompt: &[u32], s: &Sampling, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Vec<u32>> {
