@@ -6,7 +6,7 @@
 # 1. installs what is missing, idempotently: Debian packages (chromium, chromium-driver, Mesa's
 #    lavapipe Vulkan driver, ...), Rust (rustup) with the wasm32 target, wasm-bindgen-cli at the
 #    version in Cargo.lock, the packaged real models, and `npm ci` (playwright-core, binaryen);
-# 2. native tests: `cargo test --workspace --exclude taskloom-web` (GPU tests run on lavapipe);
+# 2. native tests: `cargo test --workspace` (GPU tests run on lavapipe);
 # 3. builds the npm package's wasm (scripts/build-wasm.sh);
 # 4. the package in Node and in headless Chromium (WebGPU + CPU), against the native result.
 #
@@ -96,9 +96,10 @@ echo "TASKLOOM_REQUIRE_GPU=${TASKLOOM_REQUIRE_GPU:-} TASKLOOM_REQUIRE_MODELS=${T
 XDG_RUNTIME_DIR=$(mktemp -d)
 chmod 700 "$XDG_RUNTIME_DIR"
 export XDG_RUNTIME_DIR
-cargo test --workspace --exclude taskloom-web
-# The web crate must build natively too; its example is the browser test's native reference.
-cargo build -p taskloom-web --example matmul_ref
+# The whole workspace, web included: the web crate must build natively too, and `cargo test` builds
+# its example matmul_ref (the browser test's native reference) in the same feature resolution, where
+# a separate `cargo build -p taskloom-web` would resolve features anew and rebuild half the tree.
+cargo test --workspace
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 export TASKLOOM_MATMUL_REF="$target_dir/debug/examples/matmul_ref"
 
