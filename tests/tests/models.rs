@@ -63,7 +63,7 @@ fn check_bert(dev: &Device) {
 }
 
 fn all(dev: &Device) {
-    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe"] {
+    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe", "qwen3-moe"] {
         check_decoder(dev, name);
     }
     check_bert(dev);

@@ -89,6 +89,10 @@ pub struct LlamaConfig {
     /// ...except these, which keep a dense MLP.
     #[serde(default)]
     pub mlp_only_layers: Vec<usize>,
+    /// Qwen3: RMSNorm on each q and k head (`self_attn.q_norm` / `k_norm`, weight [D]). Set from the
+    /// architecture, not read from the file.
+    #[serde(skip)]
+    pub qk_norm: bool,
 }
 
 /// The sparse-MoE shape of one layer's MLP, when it has one.
@@ -116,20 +120,18 @@ fn silu() -> String {
 impl LlamaConfig {
     /// Layer `i`'s MoE block, or `None` for a dense MLP.
     pub fn moe(&self, i: usize) -> Option<MoeSpec> {
-        let k = self.num_experts_per_tok.unwrap_or(2);
-        if let Some(e) = self.num_local_experts {
-            return Some(MoeSpec { experts: e, k, width: self.intermediate_size, norm_topk: true, shared_width: 0 });
-        }
-        let e = self.num_experts.filter(|&e| e > 0)?;
+        // Mixtral says num_local_experts (so does transformers 5 for Qwen3-MoE), Qwen2-MoE num_experts.
+        let e = self.num_local_experts.or(self.num_experts).filter(|&e| e > 0)?;
         let step = self.decoder_sparse_step.unwrap_or(1).max(1);
         if self.mlp_only_layers.contains(&i) || (i + 1) % step != 0 {
             return None;
         }
         Some(MoeSpec {
             experts: e,
-            k,
+            k: self.num_experts_per_tok.unwrap_or(2),
             width: self.moe_intermediate_size.unwrap_or(self.intermediate_size),
-            norm_topk: self.norm_topk_prob.unwrap_or(false),
+            // Mixtral always renormalises and has no flag; Qwen2-MoE defaults to not.
+            norm_topk: self.norm_topk_prob.unwrap_or(self.num_local_experts.is_some()),
             shared_width: self.shared_expert_intermediate_size.unwrap_or(0),
         })
     }
@@ -197,9 +199,15 @@ impl ModelConfig {
                 }
                 ModelConfig::Bert(c)
             }
-            ("LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "MixtralForCausalLM" | "Qwen2MoeForCausalLM", _)
-            | ("", "llama" | "mistral" | "qwen2" | "mixtral" | "qwen2_moe") => {
+            (
+                "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "MixtralForCausalLM" | "Qwen2MoeForCausalLM"
+                | "Qwen3ForCausalLM" | "Qwen3MoeForCausalLM",
+                _,
+            )
+            | ("", "llama" | "mistral" | "qwen2" | "mixtral" | "qwen2_moe" | "qwen3" | "qwen3_moe") => {
                 let mut c: LlamaConfig = serde_json::from_str(json).map_err(bad)?;
+                // Qwen3 normalises q and k per head (RMSNorm over D) before RoPE.
+                c.qk_norm = arch.starts_with("Qwen3") || mt.starts_with("qwen3");
                 if c.attention_bias.is_none() {
                     // Qwen2 always has q/k/v biases; its config does not say so.
                     c.attention_bias = Some(matches!(arch.as_str(), "Qwen2ForCausalLM" | "Qwen2MoeForCausalLM") || mt.starts_with("qwen2"));

@@ -18,6 +18,8 @@ struct Layer {
     k: Linear,     // [Hkv*D, C]
     v: Linear,     // [Hkv*D, C]
     o: Linear,     // [C, Hq*D]
+    /// Qwen3: per-head RMSNorm of q and k ([D] each).
+    qk_norm: Option<(Norm, Norm)>,
     ln2: Norm,     // [C]
     mlp: Mlp,
 }
@@ -82,6 +84,11 @@ impl Llama {
                 k: Linear::load(dev, w, &format!("{p}.self_attn.k_proj"), c, hkv * d, bias)?,
                 v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
                 o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
+                qk_norm: if cfg.qk_norm {
+                    Some((rms(dev, w, &format!("{p}.self_attn.q_norm.weight"), d, eps)?, rms(dev, w, &format!("{p}.self_attn.k_norm.weight"), d, eps)?))
+                } else {
+                    None
+                },
                 ln2: rms(dev, w, &format!("{p}.post_attention_layernorm.weight"), c, eps)?,
                 mlp: match cfg.moe(i) {
                     Some(spec) => Mlp::Sparse(SparseMoe::load(dev, w, &p, c, spec)?),
@@ -161,8 +168,14 @@ impl Llama {
         for (l, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = l.ln1.forward(dev, &x)?;
             let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[b, t, n, d])?]);
-            let q = dev.exec1(&rope, &[&heads(l.q.forward(dev, &h)?, hq)?, &pos])?;
-            let k = dev.exec1(&rope, &[&heads(l.k.forward(dev, &h)?, hkv)?, &pos])?;
+            let (mut q, mut k) = (l.q.forward(dev, &h)?, l.k.forward(dev, &h)?);
+            if let Some((qn, kn)) = &l.qk_norm {
+                // RMSNorm over each head's D values: rows of [B*T*H, D].
+                q = qn.forward(dev, &q.reshape(&[b * t * hq, d])?)?;
+                k = kn.forward(dev, &k.reshape(&[b * t * hkv, d])?)?;
+            }
+            let q = dev.exec1(&rope, &[&heads(q, hq)?, &pos])?;
+            let k = dev.exec1(&rope, &[&heads(k, hkv)?, &pos])?;
             let v = heads(l.v.forward(dev, &h)?, hkv)?;
             let (k, v) = match slot.take() {
                 None => (k, v),
