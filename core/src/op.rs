@@ -56,6 +56,13 @@ pub enum Op {
     /// Reorders dimensions: output dim `i` is input dim `perm[i]`, for `i < rank` (entries past the
     /// input's rank are ignored). `[B, T, H, D] -> [B, H, T, D]` is `perm = [0, 2, 1, 3]`.
     Permute { perm: [usize; 4] },
+    /// MoE routing of `logits [T, E]` (optional second input `bias [E]`, added for choosing only):
+    /// scores = softmax or sigmoid of the logits; choice = scores + bias; with `groups > 1`, only the
+    /// `topk_group` groups (of E/groups experts) with the largest sum of their two best choices stay
+    /// eligible (the others' choice set to 0, as DeepSeek-V3 does); the `k` best eligible experts
+    /// (choice descending, lower index first on ties) → `(weights [T, K] f32, idx [T, K] u32)` with
+    /// weights = scores at idx, divided by their sum when `norm` (plus 1e-20), times `scale`.
+    MoeRoute { k: usize, sigmoid: bool, groups: usize, topk_group: usize, norm: bool, scale: f32 },
     /// Each row multiplied by the expert weights its router picked (the MoE expert matmul; also
     /// known as gather-matmul or `mul_mat_id`). Inputs `x [R, Cin] f32` (one row for all K picks) or
     /// `[R, K, Cin]` (a row per pick), `w [E, N, Cin]` (f32/f16/bf16, `nn.Linear` layout per expert),
@@ -81,7 +88,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -106,6 +113,7 @@ impl Op {
             Op::Permute { .. } => OpKind::Permute,
             Op::Concat { .. } => OpKind::Concat,
             Op::ExpertMatmul => OpKind::ExpertMatmul,
+            Op::MoeRoute { .. } => OpKind::MoeRoute,
             Op::TopK { .. } => OpKind::TopK,
         }
     }
@@ -293,6 +301,30 @@ impl Op {
                 }
                 let dims: Vec<usize> = perm[..r].iter().map(|&p| x.dims()[p]).collect();
                 out(Shape::new(&dims)?, *d)
+            }
+            Op::MoeRoute { k, groups, topk_group, scale, .. } => {
+                arity(1, 2, "1 (logits) or 2 (logits, bias)")?;
+                finite(scale, "scale")?;
+                let x = f32_in(0)?;
+                let e = x.last();
+                if x.rank() != 2 {
+                    return Err(mismatch("logits [T, E]".into(), x));
+                }
+                if inputs.len() == 2 {
+                    let b = f32_in(1)?;
+                    if b.dims() != [e] {
+                        return Err(mismatch(format!("bias [{e}]"), b));
+                    }
+                }
+                let bad = |reason: String| Err(Error::InvalidParam { op, reason });
+                if k == 0 || k > e || e > 1024 {
+                    return bad(format!("k = {k} must be in 1..={e} (and E <= 1024)"));
+                }
+                if groups == 0 || e % groups != 0 || groups > 256 || (groups > 1 && (e / groups < 2 || topk_group == 0 || topk_group > groups)) {
+                    return bad(format!("{groups} groups of {e} experts with topk_group {topk_group} is not a valid grouping"));
+                }
+                let s = Shape::new(&[x.dims()[0], k])?;
+                Ok(vec![(s, DType::F32), (s, DType::U32)])
             }
             Op::ExpertMatmul => {
                 arity(3, 3, "3 (x, w, idx)")?;

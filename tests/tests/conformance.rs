@@ -164,6 +164,26 @@ fn expert_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     }
 }
 
+fn route_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    // (T, E, k, sigmoid, groups, topk_group, norm, scale, bias)
+    let specs = [
+        (1, 1, 1, false, 1, 1, true, 1.0, false),
+        (17, 8, 2, false, 1, 1, true, 1.0, false),    // Mixtral
+        (5, 60, 4, false, 1, 1, false, 1.0, false),   // Qwen2-MoE
+        (9, 64, 8, true, 8, 4, true, 2.5, true),      // DeepSeek-V3 style
+        (3, 256, 8, true, 8, 3, true, 1.0, true),
+        (4, 16, 3, true, 4, 2, false, 1.0, false),
+    ];
+    for (t, e, k, sigmoid, groups, topk_group, norm, scale, bias) in specs {
+        let mut inputs = vec![f32s(rng, &[t, e], -4.0, 4.0)];
+        if bias {
+            inputs.push(f32s(rng, &[e], -0.5, 0.5));
+        }
+        let op = Op::MoeRoute { k, sigmoid, groups, topk_group, norm, scale };
+        v.push(case(format!("moe_route t{t} e{e} k{k} sigmoid={sigmoid} groups={groups}/{topk_group} norm={norm}"), op, inputs, 1e-6, 1e-5));
+    }
+}
+
 fn topk_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     for (rows, n, k) in [(1usize, 1usize, 1usize), (17, 255, 8), (3, 257, 257), (5, 3, 2), (2, 1000, 4)] {
         // Multiples of 1/4 in a small range: many exact ties, no near-ties.
@@ -182,6 +202,7 @@ fn cases() -> Vec<Case> {
     attention_cases(&mut rng, &mut v);
     permute_cases(&mut rng, &mut v);
     expert_cases(&mut rng, &mut v);
+    route_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
     v
 }

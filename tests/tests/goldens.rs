@@ -92,6 +92,14 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
         "Concat" => Op::Concat { axis: u("axis")? },
         "ExpertMatmul" => Op::ExpertMatmul,
         "Sigmoid" => Op::Sigmoid,
+        "MoeRoute" => Op::MoeRoute {
+            k: u("k")?,
+            sigmoid: b("sigmoid")?,
+            groups: u("groups")?,
+            topk_group: u("topk_group")?,
+            norm: b("norm")?,
+            scale: f("scale")?,
+        },
         "TopK" => Op::TopK { k: u("k")? },
         other => return Err(format!("unknown op {other:?}")),
     })

@@ -144,6 +144,12 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             };
             Ok(vec![TensorData::new(out_shape.dims(), data)?])
         }
+        Op::MoeRoute { k, sigmoid, groups, topk_group, norm, scale } => {
+            let e = inputs[0].0.last();
+            let bias = inputs.get(1).map(|b| f32s(b.1));
+            let (w, idx) = topk::moe_route(x(0), e, bias, k, sigmoid, groups, topk_group, norm, scale);
+            Ok(vec![TensorData::f32(out_shape.dims(), w)?, TensorData::u32(out_shape.dims(), idx)?])
+        }
         Op::ExpertMatmul => one(matmul::expert_matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, u32s(inputs[2].1), &inputs[2].0)),
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0], &inputs[1]);

@@ -15,6 +15,7 @@ pub enum Shader {
     Permute,
     Concat,
     ExpertMatmul,
+    MoeRoute,
     TopK,
 }
 
@@ -66,7 +67,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 10] = [
+    pub const ALL: [Shader; 11] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -76,6 +77,7 @@ impl Shader {
         Shader::Permute,
         Shader::Concat,
         Shader::ExpertMatmul,
+        Shader::MoeRoute,
         Shader::TopK,
     ];
 
@@ -91,6 +93,7 @@ impl Shader {
             Shader::Permute => "permute",
             Shader::Concat => "concat",
             Shader::ExpertMatmul => "expert_matmul",
+            Shader::MoeRoute => "moe_route",
             Shader::TopK => "topk",
         }
     }
@@ -106,6 +109,7 @@ impl Shader {
             Shader::Attention => include_str!("../../../shaders/attention.wgsl"),
             Shader::Permute => include_str!("../../../shaders/permute.wgsl"),
             Shader::Concat => include_str!("../../../shaders/concat.wgsl"),
+            Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::ExpertMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/expert_matmul.wgsl")),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
         }
@@ -122,6 +126,7 @@ impl Shader {
             Shader::Permute => &["permute"],
             Shader::Concat => &["concat"],
             Shader::ExpertMatmul => &["expert_matmul"],
+            Shader::MoeRoute => &["moe_route"],
             Shader::TopK => &["topk"],
         }
     }
@@ -136,6 +141,7 @@ impl Shader {
             Shader::Norm => &[Read, Read, Read, ReadWrite],
             Shader::Attention => &[Read, Read, Read, Read, ReadWrite],
             Shader::ExpertMatmul => &[Read, Read, Read, ReadWrite],
+            Shader::MoeRoute => &[Read, Read, ReadWrite, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
         }
     }

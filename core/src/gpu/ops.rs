@@ -153,6 +153,29 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             w.extend_from_slice(&[u(numel), 0, 0, 0]);
             g.dispatch(Shader::Permute, "permute", &[], &words(&w), &[inb(0)?, ob], g.grid(numel, WG)?)?;
         }
+        Op::MoeRoute { k, sigmoid, groups, topk_group, norm, scale } => {
+            let x = &inputs[0].shape;
+            let bias = match inputs.get(1) {
+                Some(t) => buffer(t)?,
+                None => g.dummy(),
+            };
+            let params = words(&[
+                u(x.rows()),
+                u(x.last()),
+                u(k),
+                sigmoid as u32,
+                u(groups),
+                u(topk_group),
+                norm as u32,
+                (inputs.len() == 2) as u32,
+                scale.to_bits(),
+                0,
+                0,
+                0,
+            ]);
+            let ib = buffer(&out[1])?;
+            g.dispatch(Shader::MoeRoute, "moe_route", &[], &params, &[inb(0)?, bias, ob, ib], g.grid(x.rows(), 64)?)?;
+        }
         Op::ExpertMatmul => {
             let (w, idx) = (&inputs[1].shape, &inputs[2].shape);
             let (e, n, cin) = (w.dims()[0], w.dims()[1], w.dims()[2]);

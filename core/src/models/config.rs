@@ -89,6 +89,20 @@ pub struct LlamaConfig {
     /// ...except these, which keep a dense MLP.
     #[serde(default)]
     pub mlp_only_layers: Vec<usize>,
+    /// DeepSeek-style routing: "sigmoid" scores (default "softmax").
+    #[serde(default)]
+    pub scoring_func: Option<String>,
+    /// DeepSeek-style group-limited routing: expert groups, and how many groups stay eligible.
+    #[serde(default)]
+    pub n_group: Option<usize>,
+    #[serde(default)]
+    pub topk_group: Option<usize>,
+    /// DeepSeek-style: routing weights are multiplied by this.
+    #[serde(default)]
+    pub routed_scaling_factor: Option<f32>,
+    /// DeepSeek-style: the number of routed experts (another spelling of the expert count).
+    #[serde(default)]
+    pub n_routed_experts: Option<usize>,
     /// Qwen3: RMSNorm on each q and k head (`self_attn.q_norm` / `k_norm`, weight [D]). Set from the
     /// architecture, not read from the file.
     #[serde(skip)]
@@ -96,7 +110,7 @@ pub struct LlamaConfig {
 }
 
 /// The sparse-MoE shape of one layer's MLP, when it has one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MoeSpec {
     pub experts: usize,
     pub k: usize,
@@ -105,6 +119,13 @@ pub struct MoeSpec {
     pub norm_topk: bool,
     /// Width of the shared expert (0: none).
     pub shared_width: usize,
+    /// Sigmoid scores (DeepSeek) instead of softmax.
+    pub sigmoid: bool,
+    /// Expert groups (1: no group limit) and how many stay eligible per token.
+    pub groups: usize,
+    pub topk_group: usize,
+    /// Routing weights are multiplied by this.
+    pub scale: f32,
 }
 
 fn llama_eps() -> f32 {
@@ -121,7 +142,7 @@ impl LlamaConfig {
     /// Layer `i`'s MoE block, or `None` for a dense MLP.
     pub fn moe(&self, i: usize) -> Option<MoeSpec> {
         // Mixtral says num_local_experts (so does transformers 5 for Qwen3-MoE), Qwen2-MoE num_experts.
-        let e = self.num_local_experts.or(self.num_experts).filter(|&e| e > 0)?;
+        let e = self.num_local_experts.or(self.num_experts).or(self.n_routed_experts).filter(|&e| e > 0)?;
         let step = self.decoder_sparse_step.unwrap_or(1).max(1);
         if self.mlp_only_layers.contains(&i) || (i + 1) % step != 0 {
             return None;
@@ -133,6 +154,10 @@ impl LlamaConfig {
             // Mixtral always renormalises and has no flag; Qwen2-MoE defaults to not.
             norm_topk: self.norm_topk_prob.unwrap_or(self.num_local_experts.is_some()),
             shared_width: self.shared_expert_intermediate_size.unwrap_or(0),
+            sigmoid: self.scoring_func.as_deref() == Some("sigmoid"),
+            groups: self.n_group.unwrap_or(1).max(1),
+            topk_group: self.topk_group.unwrap_or(1).max(1),
+            scale: self.routed_scaling_factor.unwrap_or(1.0),
         })
     }
 
@@ -219,7 +244,7 @@ impl ModelConfig {
                         kind: FileError::BadHeader(format!("{h} heads, {kv} kv heads, head_dim {}: not a valid grouping", c.head_dim())),
                     });
                 }
-                if let (Some(e), k) = (c.num_local_experts.or(c.num_experts), c.num_experts_per_tok.unwrap_or(2)) {
+                if let (Some(e), k) = (c.num_local_experts.or(c.num_experts).or(c.n_routed_experts), c.num_experts_per_tok.unwrap_or(2)) {
                     if e == 0 || k == 0 || k > e {
                         return Err(Error::File {
                             file: file.into(),

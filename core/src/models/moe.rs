@@ -1,7 +1,8 @@
 //! Sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE): router → softmax → top-k (→ renormalised)
 //! → SiLU-gated experts through `ExpertMatmul` → weighted sum, plus Qwen2-MoE's shared expert
 //! behind a sigmoid gate. Everything stays on the device: the routing ids feed the expert kernels
-//! directly, with no host readback (9 dispatches per Mixtral layer).
+//! directly, with no host readback (8 dispatches per Mixtral layer). DeepSeek-style routing (sigmoid
+//! scores, a selection-only bias, group-limited top-k, a scaling factor) is the same op, configured.
 //!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
@@ -17,8 +18,11 @@ pub(crate) struct SparseMoe {
     gate: Tensor,   // [E, F, C]
     up: Tensor,     // [E, F, C]
     down: Tensor,   // [E, C, F]
+    /// The router op: softmax or sigmoid, groups, renormalisation, scale.
+    route: Op,
+    /// DeepSeek-style selection bias `[E]` (`mlp.gate.e_score_correction_bias`).
+    bias: Option<Tensor>,
     k: usize,
-    norm_topk: bool,
     shared: Option<Shared>,
 }
 
@@ -98,23 +102,29 @@ impl SparseMoe {
         } else {
             None
         };
-        Ok(SparseMoe { router, gate, up, down, k, norm_topk: spec.norm_topk, shared })
+        let bias_name = format!("{layer}.mlp.gate.e_score_correction_bias");
+        let bias = if w.contains(&bias_name) { Some(load(dev, w, &bias_name, &[e])?) } else { None };
+        let route = Op::MoeRoute {
+            k,
+            sigmoid: spec.sigmoid,
+            groups: spec.groups,
+            topk_group: spec.topk_group,
+            norm: spec.norm_topk,
+            scale: spec.scale,
+        };
+        Ok(SparseMoe { router, gate, up, down, route, bias, k, shared })
     }
 
     /// `h [T, C]` → `[T, C]`.
     pub fn forward(&self, dev: &Device, h: &Tensor) -> Result<Tensor> {
         let (t, c) = (h.dims()[0], h.dims()[1]);
         let logits = dev.exec1(&Op::Matmul { trans_b: true }, &[h, &self.router])?; // [T, E]
-        let (weights, idx) = if self.norm_topk {
-            // softmax over all E then renormalised over the K picks = softmax over the K picked logits.
-            let picks = dev.exec(&Op::TopK { k: self.k }, &[&logits])?; // ([T, K] f32, [T, K] u32)
-            (dev.exec1(&Op::Softmax, &[&picks[0]])?, picks[1].clone())
-        } else {
-            let probs = dev.exec1(&Op::Softmax, &[&logits])?;
-            let mut picks = dev.exec(&Op::TopK { k: self.k }, &[&probs])?;
-            let idx = picks.pop().expect("top-k has two outputs");
-            (picks.pop().expect("top-k has two outputs"), idx)
-        };
+        let mut picks = match &self.bias {
+            Some(b) => dev.exec(&self.route, &[&logits, b])?,
+            None => dev.exec(&self.route, &[&logits])?,
+        }; // (weights [T, K] f32, idx [T, K] u32)
+        let idx = picks.pop().expect("routing has two outputs");
+        let weights = picks.pop().expect("routing has two outputs");
         let idx = &idx;
         let g = dev.exec1(&Op::ExpertMatmul, &[h, &self.gate, idx])?; // [T, K, F]
         let u = dev.exec1(&Op::ExpertMatmul, &[h, &self.up, idx])?;
