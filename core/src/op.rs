@@ -256,7 +256,8 @@ impl Op {
                 }
                 let t = x.from_end(1);
                 let per_batch = x.rank() >= 3 && p.dims() == [x.dims()[0], t];
-                if !(p.rank() == 1 && p.numel() == t) && !per_batch {
+                let shared = p.rank() == 1 && p.numel() == t;
+                if !shared && !per_batch {
                     return Err(mismatch(format!("positions [{t}] or [{}, {t}]", x.dims()[0]), p));
                 }
                 out(*x, DType::F32)

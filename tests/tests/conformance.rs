@@ -38,7 +38,7 @@ fn matmul_cases(rng: &mut Rng, v: &mut Vec<Case>) {
                 let b_dims = if trans_b { [n, k] } else { [k, n] };
                 let b = weights(rng, &b_dims, dt);
                 let mut inputs = vec![a, b];
-                let bias = (i + trans_b as usize) % 2 == 0;
+                let bias = (i + trans_b as usize).is_multiple_of(2);
                 if bias {
                     inputs.push(f32s(rng, &[n], -1.0, 1.0));
                 }

@@ -11,6 +11,7 @@ use taskloom::models::generate::Sampling;
 use taskloom::models::hf::{Encoder, Files, MemFiles};
 use wasm_bindgen::prelude::*;
 
+#[allow(clippy::large_enum_variant)] // one per loaded model
 enum Kind {
     Encoder(Encoder),
     Decoder(CausalLm),

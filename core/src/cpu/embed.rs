@@ -34,7 +34,7 @@ pub(super) fn rope(x: &[f32], shape: &Shape, pos: &[u32], theta: f32) -> Vec<f32
     // Rows per batch entry when positions are per batch row ([B, T]), else 0.
     let rows_per_batch = if pos.len() > t { x.len() / d / shape.dims()[0] } else { 0 };
     for (r, (row, o)) in x.chunks(d).zip(out.chunks_mut(d)).enumerate() {
-        let pi = if rows_per_batch > 0 { (r / rows_per_batch) * t + r % t } else { r % t };
+        let pi = r.checked_div(rows_per_batch).map_or(r % t, |b| b * t + r % t);
         let p = pos[pi] as f64;
         for i in 0..half {
             let inv_freq = (theta as f64).powf(-2.0 * i as f64 / d as f64);

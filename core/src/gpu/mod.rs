@@ -128,6 +128,9 @@ impl GpuBackend {
             contents: &[0u8; 16],
             usage: wgpu::BufferUsages::STORAGE,
         });
+        // Natively wgpu's handles are Send + Sync, so the backend is too; in wasm they are not, and
+        // there is only one thread, so the Arc is just shared ownership.
+        #[allow(clippy::arc_with_non_send_sync)]
         Ok(GpuBackend {
             inner: Arc::new(Inner {
                 device,

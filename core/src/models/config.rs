@@ -144,7 +144,7 @@ impl LlamaConfig {
         // Mixtral says num_local_experts (so does transformers 5 for Qwen3-MoE), Qwen2-MoE num_experts.
         let e = self.num_local_experts.or(self.num_experts).or(self.n_routed_experts).filter(|&e| e > 0)?;
         let step = self.decoder_sparse_step.unwrap_or(1).max(1);
-        if self.mlp_only_layers.contains(&i) || (i + 1) % step != 0 {
+        if self.mlp_only_layers.contains(&i) || !(i + 1).is_multiple_of(step) {
             return None;
         }
         Some(MoeSpec {
@@ -183,6 +183,7 @@ impl LlamaConfig {
 
 /// The architectures taskloom runs, parsed from `config.json`.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per model load
 #[non_exhaustive]
 pub enum ModelConfig {
     Bert(BertConfig),
@@ -207,7 +208,7 @@ impl ModelConfig {
         let cfg = match (arch.as_str(), mt.as_str()) {
             ("BertModel" | "BertForMaskedLM" | "BertForSequenceClassification", _) | ("", "bert") => {
                 let c: BertConfig = serde_json::from_str(json).map_err(bad)?;
-                if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+                if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
                     return Err(Error::File {
                         file: file.into(),
                         kind: FileError::BadHeader(format!(
@@ -238,7 +239,7 @@ impl ModelConfig {
                     c.attention_bias = Some(matches!(arch.as_str(), "Qwen2ForCausalLM" | "Qwen2MoeForCausalLM") || mt.starts_with("qwen2"));
                 }
                 let (h, kv) = (c.num_attention_heads, c.kv_heads());
-                if h == 0 || kv == 0 || h % kv != 0 || c.head_dim() % 2 != 0 {
+                if h == 0 || kv == 0 || !h.is_multiple_of(kv) || !c.head_dim().is_multiple_of(2) {
                     return Err(Error::File {
                         file: file.into(),
                         kind: FileError::BadHeader(format!("{h} heads, {kv} kv heads, head_dim {}: not a valid grouping", c.head_dim())),

@@ -24,6 +24,7 @@ struct Layer {
     mlp: Mlp,
 }
 
+#[allow(clippy::large_enum_variant)] // one per layer, never moved after load
 enum Mlp {
     Dense {
         gate: Linear, // [F, C]
