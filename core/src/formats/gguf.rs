@@ -32,6 +32,9 @@ pub use header::{DEFAULT_ALIGNMENT, MAX_ARRAY_ELEMENTS, MAX_KV, MAX_TENSORS};
 pub use llama::{hf_to_gguf_name, unpermute_rows, GgufWeights};
 pub use value::MetaValue;
 
+use super::buffer::Buffer;
+#[cfg(not(target_arch = "wasm32"))]
+use super::buffer::map_file;
 use crate::error::{Error, FileError, Result};
 use crate::tensor::TensorData;
 use std::collections::HashMap;
@@ -58,23 +61,6 @@ impl TensorInfo {
 
     pub fn numel(&self) -> u64 {
         self.ne.iter().product()
-    }
-}
-
-/// The file's bytes: a read-only mapping natively, or a buffer the caller handed over.
-enum Buffer {
-    Owned(Vec<u8>),
-    #[cfg(not(target_arch = "wasm32"))]
-    Mapped(memmap2::Mmap),
-}
-
-impl Buffer {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Buffer::Owned(v) => v,
-            #[cfg(not(target_arch = "wasm32"))]
-            Buffer::Mapped(m) => m,
-        }
     }
 }
 
@@ -113,23 +99,8 @@ impl Gguf {
     /// Maps `path` read-only and validates its header.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Gguf> {
-        let path = path.as_ref();
-        let file = path.display().to_string();
-        let io = |source| Error::Io { path: file.clone(), source };
-        let f = std::fs::File::open(path).map_err(io)?;
-        let meta = f.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
-        }
-        if meta.len() < 24 {
-            // Checked before mapping: mapping an empty file fails on some platforms with a vaguer error.
-            return Err(Error::file(file, FileError::Truncated(format!("{} bytes, but the fixed header alone takes 24", meta.len()))));
-        }
-        // SAFETY: the mapping is read-only and no reference into it outlives `self`. Another
-        // process truncating or rewriting the file while it is mapped is undefined behaviour;
-        // llama.cpp and every mmap-based loader accept that risk to avoid copying the weights.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-        Gguf::build(file, Buffer::Mapped(map))
+        let (file, buf) = map_file(path.as_ref(), 24, "the fixed header")?;
+        Gguf::build(file, buf)
     }
 
     /// Validates `bytes` (a whole file, e.g. fetched in the browser); `name` is used in messages.

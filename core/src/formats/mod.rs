@@ -7,5 +7,6 @@
 //! - [`gguf`]: llama.cpp's GGUF, memory-mapped natively, from bytes in wasm; blocks dequantised to
 //!   f32 at load; Llama files served under Hugging Face names, config and tokenizer rebuilt.
 
+mod buffer;
 pub mod gguf;
 pub mod safetensors;

@@ -21,6 +21,9 @@ pub use write::serialize;
 pub use write::write;
 
 use crate::dtype::DType;
+use super::buffer::Buffer;
+#[cfg(not(target_arch = "wasm32"))]
+use super::buffer::map_file;
 use crate::error::{Error, FileError, Result};
 use crate::shape::Shape;
 use crate::tensor::TensorData;
@@ -46,23 +49,6 @@ impl TensorInfo {
     }
 }
 
-/// The file's bytes: a read-only mapping natively, or a buffer the caller handed over.
-enum Buffer {
-    Owned(Vec<u8>),
-    #[cfg(not(target_arch = "wasm32"))]
-    Mapped(memmap2::Mmap),
-}
-
-impl Buffer {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Buffer::Owned(v) => v,
-            #[cfg(not(target_arch = "wasm32"))]
-            Buffer::Mapped(m) => m,
-        }
-    }
-}
-
 /// An open, validated safetensors file.
 pub struct SafeTensors {
     file: String,
@@ -84,24 +70,8 @@ impl SafeTensors {
     /// Maps `path` read-only and validates its header.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<SafeTensors> {
-        let path = path.as_ref();
-        let file = path.display().to_string();
-        let io = |source| Error::Io { path: file.clone(), source };
-        let f = std::fs::File::open(path).map_err(io)?;
-        let meta = f.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
-        }
-        if meta.len() < 8 {
-            // Checked before mapping: mapping an empty file fails on some platforms with a vaguer error.
-            return Err(Error::file(file, FileError::Truncated(format!("{} bytes, but the header length alone takes 8", meta.len()))));
-        }
-        // SAFETY: the mapping is read-only and we never hand out references that outlive `self`.
-        // Another process truncating or rewriting the file while it is mapped is undefined
-        // behaviour; every mmap-based weights loader (candle, the safetensors Python package)
-        // accepts that risk to avoid copying gigabytes.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-        SafeTensors::build(file, Buffer::Mapped(map))
+        let (file, buf) = map_file(path.as_ref(), 8, "the header length")?;
+        SafeTensors::build(file, buf)
     }
 
     /// Validates `bytes` (a whole file, e.g. fetched in the browser); `name` is used in messages.

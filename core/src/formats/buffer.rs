@@ -1,0 +1,44 @@
+//! The bytes of a weights file: a read-only memory mapping natively, or a buffer handed over (wasm,
+//! tests). Shared by every reader so opening a file is checked the same way everywhere.
+
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::{Error, FileError, Result};
+
+pub(crate) enum Buffer {
+    Owned(Vec<u8>),
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+}
+
+impl Buffer {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Owned(v) => v,
+            #[cfg(not(target_arch = "wasm32"))]
+            Buffer::Mapped(m) => m,
+        }
+    }
+}
+
+/// Maps `path` read-only; `min_len` bytes (the format's fixed header, `what`) must be there.
+/// Returns the name used in messages and the mapping.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn map_file(path: &std::path::Path, min_len: u64, what: &str) -> Result<(String, Buffer)> {
+    let file = path.display().to_string();
+    let io = |source| Error::Io { path: file.clone(), source };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    if meta.len() < min_len {
+        // Checked before mapping: mapping an empty file fails on some platforms with a vaguer error.
+        return Err(Error::file(file, FileError::Truncated(format!("{} bytes, but {what} alone takes {min_len}", meta.len()))));
+    }
+    // SAFETY: the mapping is read-only and no reference into it outlives its owner. Another
+    // process truncating or rewriting the file while it is mapped is undefined behaviour; every
+    // mmap-based weights loader (candle, llama.cpp, the safetensors Python package) accepts that
+    // risk to avoid copying gigabytes.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+    Ok((file, Buffer::Mapped(map)))
+}
