@@ -5,42 +5,19 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
 import { CASES, firstMismatch } from "./cases.js";
-import { here, nativeReference, packedPackage, serve, tempDir } from "./harness.mjs";
+import { here, nativeReference, openPage, packedPackage } from "./harness.mjs";
 
-const CHROMIUM = process.env.TASKLOOM_CHROMIUM ?? "/usr/bin/chromium";
-const ARGS = [
-  "--enable-unsafe-webgpu", // headless Chromium offers no WebGPU adapter without it
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-];
-
-let server, context, page, native;
-const logs = []; // the page's console and errors, shown when a test fails
+let session, page, native, logs; // logs: the page's console and errors, shown when a test fails
 
 before(async () => {
   native = CASES.map(nativeReference);
-  server = await serve({ "/taskloom/": packedPackage(), "/": here });
-  context = await chromium.launchPersistentContext(tempDir("taskloom-chromium-"), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-  });
-  page = await context.newPage();
-  page.on("console", (m) => logs.push(`console.${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
-  await page.goto(`${server.url}/page.html`);
-  await page.waitForFunction(() => window.taskloomReady === true, null, { timeout: 30_000 });
+  session = await openPage({ "/taskloom/": packedPackage(), "/": here }, "page.html");
+  ({ page, logs } = session);
 });
 
 after(async () => {
-  await context?.close();
-  await server?.close();
+  await session?.close();
 });
 
 async function runOn(device) {

@@ -84,3 +84,43 @@ export function serve(mounts) {
     });
   });
 }
+
+/** Chromium flags: WebGPU on (SwiftShader where there is no GPU), nothing that reaches the network. */
+export const CHROMIUM_ARGS = [
+  "--enable-unsafe-webgpu", // headless Chromium offers no WebGPU adapter without it
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+
+/**
+ * Serves `mounts` on 127.0.0.1, opens `pagePath` in headless Chromium (fresh profile) and waits for
+ * `window.taskloomReady`. Resolves to { page, logs, close }; `logs` collects console output and page
+ * errors for failure messages.
+ */
+export async function openPage(mounts, pagePath) {
+  const { chromium } = await import("playwright-core");
+  const server = await serve(mounts);
+  const context = await chromium.launchPersistentContext(tempDir("taskloom-chromium-"), {
+    executablePath: process.env.TASKLOOM_CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+  const logs = [];
+  const page = await context.newPage();
+  page.on("console", (m) => logs.push(`console.${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+  await page.goto(`${server.url}/${pagePath}`);
+  await page.waitForFunction(() => window.taskloomReady === true, null, { timeout: 30_000 });
+  return {
+    page,
+    logs,
+    close: async () => {
+      await context.close();
+      await server.close();
+    },
+  };
+}

@@ -6,31 +6,17 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { chromium } from "playwright-core";
-import { here, packedPackage, repo, serve, tempDir } from "./harness.mjs";
+import { here, openPage, packedPackage, repo } from "./harness.mjs";
 
-const ARGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-  "--disable-sync", "--no-first-run", "--disable-quic"];
-let server, context, page;
-const logs = [];
+let session, page, logs;
 
 before(async () => {
-  server = await serve({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here });
-  context = await chromium.launchPersistentContext(tempDir("taskloom-chromium-"), {
-    executablePath: process.env.TASKLOOM_CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ARGS,
-  });
-  page = await context.newPage();
-  page.on("console", (m) => logs.push(`console.${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
-  await page.goto(`${server.url}/models.html`);
-  await page.waitForFunction(() => window.taskloomReady === true, null, { timeout: 30_000 });
+  session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "models.html");
+  ({ page, logs } = session);
 });
 
 after(async () => {
-  await context?.close();
-  await server?.close();
+  await session?.close();
 });
 
 for (const name of ["llama", "mixtral", "qwen2-moe"]) {
