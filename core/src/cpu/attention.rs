@@ -1,4 +1,5 @@
 //! Scaled dot-product attention with causal and padding masks and grouped-query heads.
+//! Accumulates in f64 (the oracle); (batch, head) pairs run in parallel natively.
 
 use crate::shape::Shape;
 
@@ -19,41 +20,58 @@ pub(super) fn attention(
     let dv = vs.dims()[3];
     let group = hq / hkv;
     let mut out = vec![0.0f32; b * hq * tq * dv];
-    let mut scores = vec![0.0f64; tk];
-    for bi in 0..b {
-        for h in 0..hq {
-            let kh = h / group;
-            for i in 0..tq {
-                let qrow = &q[((bi * hq + h) * tq + i) * d..][..d];
-                let limit = if causal { (tk + i + 1).saturating_sub(tq) } else { tk };
-                let mut max = f64::NEG_INFINITY;
-                for j in 0..tk {
-                    let visible = j < limit && mask.is_none_or(|m| m[bi * tk + j] != 0);
-                    scores[j] = if visible {
-                        let krow = &k[((bi * hkv + kh) * tk + j) * d..][..d];
-                        let dot: f64 = qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        dot * scale as f64
-                    } else {
-                        f64::NEG_INFINITY
-                    };
-                    max = max.max(scores[j]);
-                }
-                if max == f64::NEG_INFINITY {
-                    continue; // no visible key: the row stays 0
-                }
-                let sum: f64 = scores.iter().map(|&s| (s - max).exp()).sum();
-                let o = &mut out[((bi * hq + h) * tq + i) * dv..][..dv];
-                for (c, oc) in o.iter_mut().enumerate() {
-                    let mut acc = 0.0f64;
-                    for j in 0..tk {
-                        if scores[j] != f64::NEG_INFINITY {
-                            acc += (scores[j] - max).exp() * v[((bi * hkv + kh) * tk + j) * dv + c] as f64;
-                        }
-                    }
-                    *oc = (acc / sum) as f32;
+    // One (batch, query head) block of the output: [Tq, Dv].
+    let head = |bh: usize, o: &mut [f32]| {
+        let (bi, h) = (bh / hq, bh % hq);
+        let kh = h / group;
+        let kv0 = (bi * hkv + kh) * tk;
+        let mut w = vec![0.0f64; tk];
+        let mut acc = vec![0.0f64; dv];
+        for i in 0..tq {
+            let qrow = &q[((bi * hq + h) * tq + i) * d..][..d];
+            let limit = if causal { (tk + i + 1).saturating_sub(tq) } else { tk };
+            let mut max = f64::NEG_INFINITY;
+            for (j, wj) in w.iter_mut().enumerate() {
+                let visible = j < limit && mask.is_none_or(|m| m[bi * tk + j] != 0);
+                *wj = if visible {
+                    let krow = &k[(kv0 + j) * d..][..d];
+                    qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
+                } else {
+                    f64::NEG_INFINITY
+                };
+                max = max.max(*wj);
+            }
+            if max == f64::NEG_INFINITY {
+                continue; // no visible key: the row stays 0
+            }
+            // Softmax weights once per key, then one pass over V.
+            let mut sum = 0.0;
+            for wj in w.iter_mut() {
+                *wj = if *wj == f64::NEG_INFINITY { 0.0 } else { (*wj - max).exp() };
+                sum += *wj;
+            }
+            acc.fill(0.0);
+            for (j, &wj) in w.iter().enumerate() {
+                if wj != 0.0 {
+                    let vrow = &v[(kv0 + j) * dv..][..dv];
+                    acc.iter_mut().zip(vrow).for_each(|(a, &x)| *a += wj * x as f64);
                 }
             }
+            for (oc, a) in o[i * dv..(i + 1) * dv].iter_mut().zip(&acc) {
+                *oc = (a / sum) as f32;
+            }
         }
+    };
+    let block = tq * dv;
+    if block == 0 {
+        return out;
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+    }
+    #[cfg(target_arch = "wasm32")]
+    out.chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
     out
 }
