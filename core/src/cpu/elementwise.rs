@@ -27,45 +27,9 @@ pub(super) fn silu(x: f32) -> f32 {
     (x / (1.0 + (-x).exp())) as f32
 }
 
-/// erf to ~1e-15 (Abramowitz–Stegun 7.1.26 is too coarse for an oracle): series for small |x|,
-/// continued fraction for the complement otherwise.
+/// erf in f64 (libm's port of FreeBSD msun, < 1 ulp): std has no erf.
 pub(crate) fn erf(x: f64) -> f64 {
-    let ax = x.abs();
-    let r = if ax < 2.5 {
-        // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
-        let mut term = ax;
-        let mut sum = ax;
-        let x2 = ax * ax;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 * sum.abs() {
-            n += 1.0;
-            term *= -x2 / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        // erfc via Lentz's continued fraction.
-        let tiny = 1e-300;
-        let mut f = ax;
-        let mut c = ax;
-        let mut d = 0.0;
-        for i in 1..200 {
-            let a = i as f64 / 2.0;
-            d = ax + a * d;
-            d = if d.abs() < tiny { tiny } else { d };
-            c = ax + a / c;
-            c = if c.abs() < tiny { tiny } else { c };
-            d = 1.0 / d;
-            let delta = c * d;
-            f *= delta;
-            if (delta - 1.0).abs() < 1e-16 {
-                break;
-            }
-        }
-        let erfc = (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt());
-        1.0 - erfc
-    };
-    if x < 0.0 { -r } else { r }
+    libm::erf(x)
 }
 
 #[cfg(test)]
