@@ -37,6 +37,7 @@ RUNS_MINILM=${RUNS_MINILM:-10}
 RUNS_SMOLLM=${RUNS_SMOLLM:-5}
 OUT=${OUT:-/tmp/bench_models.txt}
 RAW=$(mktemp)
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- core cli || echo +dirty)  # what gets built
 mkdir -p "$ANCHOR_WORK"
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 log() { echo "$*" >&2; }
@@ -46,8 +47,11 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -q -p taskloom --example bench_models || exit 1
   cargo build --release -q -p taskloom-cli || exit 1
 fi
-BENCH=$ROOT/target/release/examples/bench_models
-CLI=$ROOT/target/release/taskloom
+# Private copies: a concurrent `cargo build` must not swap the binaries between rounds.
+BIN=$(mktemp -d)
+cp "$ROOT/target/release/examples/bench_models" "$ROOT/target/release/taskloom" "$BIN/" || exit 1
+BENCH=$BIN/bench_models
+CLI=$BIN/taskloom
 ONNX=$ANCHOR_WORK/minilm-onnx/all-MiniLM-L6-v2/onnx/model.onnx
 if want minilm && [ ! -f "$ONNX" ]; then
   log "setup: minilm_export_onnx.py"; (cd "$PEERS" && "$REFPY" minilm_export_onnx.py) >"$ANCHOR_WORK/log-minilm_export.txt" 2>&1
@@ -113,7 +117,7 @@ done
 
 GGUF_MB=$(( $(stat -c %s "$SMOLLM_GGUF") / 1000000 ))
 {
-  echo "# bench_models $(date -u +%FT%TZ) host=$(hostname) cpus=$(nproc) threads=$ANCHOR_THREADS rounds=$ROUNDS commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- core cli || echo +dirty)"
+  echo "# bench_models $(date -u +%FT%TZ) host=$(hostname) cpus=$(nproc) threads=$ANCHOR_THREADS rounds=$ROUNDS commit=$COMMIT"
   GGUF_MB=$GGUF_MB python3 - "$RAW" <<'EOF'
 import os, re, statistics, sys
 rows = {}
@@ -195,4 +199,4 @@ EOF
   echo "# raw lines"
   cat "$RAW"
 } | tee "$OUT"
-rm -f "$RAW"
+rm -rf "$RAW" "$BIN"
