@@ -64,6 +64,28 @@ impl Shape {
         if i < r { self.dims[r - 1 - i] } else { 1 }
     }
 
+    /// For `Op::Permute`: the output's dims and, per output axis, the input stride it walks, both
+    /// padded to rank 4 (leading 1s; padded axes map to themselves). Output dim `i` is input dim
+    /// `perm[i]` for `i < rank`.
+    pub(crate) fn permuted_layout(&self, perm: &[usize; 4]) -> ([usize; 4], [usize; 4]) {
+        let pad = 4 - self.rank();
+        let mut in_dims = [1usize; 4];
+        in_dims[pad..].copy_from_slice(self.dims());
+        let mut in_strides = [0usize; 4];
+        let mut acc = 1;
+        for i in (0..4).rev() {
+            in_strides[i] = acc;
+            acc *= in_dims[i];
+        }
+        let (mut dims, mut strides) = ([1usize; 4], [0usize; 4]);
+        for i in 0..4 {
+            let a = if i < pad { i } else { pad + perm[i - pad] };
+            dims[i] = in_dims[a];
+            strides[i] = in_strides[a];
+        }
+        (dims, strides)
+    }
+
     /// The same shape with the last dimension replaced.
     pub fn with_last(&self, n: usize) -> Result<Shape> {
         let mut d = self.dims().to_vec();

@@ -49,23 +49,7 @@ pub(super) fn rope(x: &[f32], shape: &Shape, pos: &[u32], theta: f32) -> Vec<f32
 
 /// Strided copy: output dim `i` is input dim `perm[i]`. Shapes are padded to rank 4 with leading 1s.
 pub(super) fn permute<T: Copy>(x: &[T], shape: &Shape, perm: &[usize; 4]) -> Vec<T> {
-    let r = shape.rank();
-    let pad = 4 - r;
-    let mut in_dims = [1usize; 4];
-    in_dims[pad..].copy_from_slice(shape.dims());
-    let mut in_strides = [0usize; 4];
-    let mut acc = 1;
-    for i in (0..4).rev() {
-        in_strides[i] = acc;
-        acc *= in_dims[i];
-    }
-    // Output axis `pad + i` reads input axis `pad + perm[i]`; padded axes map to themselves.
-    let mut src_axis = [0, 1, 2, 3];
-    for i in 0..r {
-        src_axis[pad + i] = pad + perm[i];
-    }
-    let od: Vec<usize> = src_axis.iter().map(|&a| in_dims[a]).collect();
-    let os: Vec<usize> = src_axis.iter().map(|&a| in_strides[a]).collect();
+    let (od, os) = shape.permuted_layout(perm);
     let mut out = Vec::with_capacity(x.len());
     for a in 0..od[0] {
         for b in 0..od[1] {

@@ -132,22 +132,8 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
         }
         Op::Permute { perm } => {
             let x = &inputs[0].shape;
-            let pad = 4 - x.rank();
-            let mut in_dims = [1usize; 4];
-            in_dims[pad..].copy_from_slice(x.dims());
-            let mut stride = [0usize; 4];
-            let mut acc = 1;
-            for i in (0..4).rev() {
-                stride[i] = acc;
-                acc *= in_dims[i];
-            }
-            let mut od = [1u32; 4];
-            let mut os = [0u32; 4];
-            for i in 0..4 {
-                let a = if i < pad { i } else { pad + perm[i - pad] };
-                od[i] = u(in_dims[a]);
-                os[i] = u(stride[a]);
-            }
+            let (dims, strides) = x.permuted_layout(&perm);
+            let (od, os) = (dims.map(u), strides.map(u));
             let mut w = od.to_vec();
             w.extend_from_slice(&os);
             w.extend_from_slice(&[u(numel), 0, 0, 0]);
