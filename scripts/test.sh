@@ -31,28 +31,14 @@ section() {
 }
 trap 'rc=$?; if [ $rc -ne 0 ]; then printf "\n!!!!!!!!!! FAILED in section: %s (exit %s) !!!!!!!!!!\n" "${current:-?}" "$rc" >&2; fi' EXIT
 
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    echo "need root (or sudo) to run: $*" >&2; exit 1
-  fi
-}
+source scripts/lib.sh
 
 # ---------------------------------------------------------------------------------------------
 section "install: Debian packages"
 want=(ca-certificates curl build-essential chromium chromium-driver mesa-vulkan-drivers libvulkan1)
 command -v node >/dev/null || want+=(nodejs npm)
 python3 -m pip --version >/dev/null 2>&1 || want+=(python3-pip)
-missing=()
-for p in "${want[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  as_root apt-get update -qq
-  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
-else
-  echo "all present: ${want[*]}"
-fi
+ensure_debs "${want[@]}"
 # Debian's binaryen (wasm-opt 108) silently breaks wasm-bindgen output; build-wasm.sh uses npm's.
 if dpkg-query -W -f='${Status}' binaryen 2>/dev/null | grep -q "install ok installed"; then
   echo "note: Debian binaryen is installed; it is not used (node_modules/.bin/wasm-opt comes first)"
@@ -60,10 +46,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 section "install: Rust toolchain"
-if ! command -v cargo >/dev/null; then
-  [ -x "$HOME/.cargo/bin/cargo" ] || curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-  export PATH="$HOME/.cargo/bin:$PATH"
-fi
+ensure_rust
 rustup target add wasm32-unknown-unknown
 wb=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wb" ]; then
