@@ -29,6 +29,7 @@ pub mod formats;
 pub mod gpu;
 pub mod op;
 pub mod shape;
+pub mod sparsify;
 pub mod tensor;
 pub mod tokenizer;
 
