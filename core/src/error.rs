@@ -48,6 +48,11 @@ pub enum Error {
     #[error("{file}: {kind}")]
     File { file: String, kind: FileError },
 
+    /// A LoRA adapter that cannot be used with this model; names the adapter and, where one is
+    /// involved, the tensor or module.
+    #[error("adapter '{adapter}': {reason}")]
+    Adapter { adapter: String, reason: String },
+
     #[error("{path}: {source}")]
     Io { path: String, #[source] source: std::io::Error },
 }
@@ -89,7 +94,8 @@ impl Error {
             | Error::Arity { .. }
             | Error::InvalidParam { .. }
             | Error::DataLength { .. }
-            | Error::File { .. } => "BAD_INPUT",
+            | Error::File { .. }
+            | Error::Adapter { .. } => "BAD_INPUT",
             Error::UnsupportedOp { .. } | Error::WrongDevice { .. } => "UNSUPPORTED",
             Error::NoAdapter(_) | Error::Gpu(_) => "DEVICE",
             Error::BufferTooLarge { .. } => "OUT_OF_MEMORY",

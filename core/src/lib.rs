@@ -27,6 +27,7 @@ pub mod dtype;
 pub mod error;
 pub mod formats;
 pub mod gpu;
+pub mod lora;
 pub mod op;
 pub mod shape;
 pub mod sparsify;

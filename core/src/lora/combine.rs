@@ -1,0 +1,1 @@
+//! PEFT `add_weighted_adapter` combinations (placeholder: being written).
