@@ -6,6 +6,7 @@
 //! as PEFT stores them (`lora_A.weight`, `lora_B.weight`).
 
 pub mod combine;
+pub mod peft;
 
 use crate::tensor::TensorData;
 use std::collections::BTreeMap;
