@@ -2,7 +2,8 @@
 //! the CPU function (`cpu::<family>`), the WGSL file (`shaders/<name>.wgsl`) and the conformance cases,
 //! so one grep finds all of an op.
 //!
-//! Shapes use: B batch, H heads, T tokens, C channels, D head dim, M/N/K matmul dims, V vocabulary.
+//! Shapes use: B batch, H heads, T tokens, C channels, D head dim, M/N/K matmul dims, V vocabulary;
+//! for the multi-LoRA ops, M rows, K adapter slots per row, N stacked adapters, R (padded) rank.
 //! All activations are f32; weights (matmul `b`, embedding tables) may be f32, f16 or bf16.
 
 use crate::dtype::DType;
@@ -73,7 +74,26 @@ pub enum Op {
     /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
     /// ties broken by lower index.
     TopK { k: usize },
+    /// Multi-LoRA "shrink" (Punica/S-LoRA BGMV/SGMV): each row projected by its own adapters' A.
+    /// Inputs `x [.., In] f32` (M rows = product of the leading dims), `a [N, R, In]` (f32/f16/bf16:
+    /// N adapters' A stacked, zero-padded to a common rank R) and `sel [M, K] u32` (the adapter of
+    /// each of a row's K slots) → `v [M, K, R] f32` with `v[m, k, r] = Σ_i a[sel[m, k], r, i] · x[m, i]`.
+    /// A slot whose index is `>= N` — [`LORA_EMPTY`] marks an empty slot on purpose — gives zeros,
+    /// on every backend (like [`Op::Embedding`]: a kernel cannot report a bad index).
+    LoraShrink,
+    /// Multi-LoRA "expand", the second half of [`Op::LoraShrink`]: inputs `y [.., Out] f32` (M rows),
+    /// `v [M, K, R] f32`, `b [N, Out, R]` (f32/f16/bf16: the adapters' B, zero-padded to rank R),
+    /// `sel [M, K] u32` and `w [M, K] f32` (per-slot weights, e.g. mixing weight · alpha / rank) →
+    /// `[.., Out] f32`, shaped as `y`:
+    /// `out[m, o] = y[m, o] + Σ_k w[m, k] · Σ_r b[sel[m, k], o, r] · v[m, k, r]`.
+    /// Slots whose index is `>= N` (empty, [`LORA_EMPTY`], or out of range) contribute nothing: their
+    /// `w` and `v` are not read, so not even a NaN there reaches the output.
+    LoraExpand,
 }
+
+/// The `sel` entry of an empty adapter slot in [`Op::LoraShrink`] / [`Op::LoraExpand`]. Any index
+/// `>= N` behaves the same; this one is out of range for every stack.
+pub const LORA_EMPTY: u32 = u32::MAX;
 
 macro_rules! op_kinds {
     ($($name:ident),* $(,)?) => {
@@ -88,7 +108,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK, LoraShrink, LoraExpand);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -115,6 +135,8 @@ impl Op {
             Op::ExpertMatmul => OpKind::ExpertMatmul,
             Op::MoeRoute { .. } => OpKind::MoeRoute,
             Op::TopK { .. } => OpKind::TopK,
+            Op::LoraShrink => OpKind::LoraShrink,
+            Op::LoraExpand => OpKind::LoraExpand,
         }
     }
 
@@ -376,6 +398,77 @@ impl Op {
                 let s = x.with_last(k)?;
                 Ok(vec![(s, DType::F32), (s, DType::U32)])
             }
+            Op::LoraShrink => {
+                arity(3, 3, "3 (x, a, sel)")?;
+                let x = f32_in(0)?;
+                let a = float_weights(inputs, 1, op, "a")?;
+                let sel = u32_in(inputs, 2, op, "sel")?;
+                if x.rank() == 0 {
+                    return Err(mismatch("x [.., In]".into(), x));
+                }
+                if a.rank() != 3 {
+                    return Err(mismatch("a [N, R, In]".into(), a));
+                }
+                let (r, cin, m) = (a.dims()[1], a.dims()[2], leading(x));
+                if x.last() != cin {
+                    return Err(mismatch(format!("x [.., {cin}] (In of a {a})"), x));
+                }
+                if sel.rank() != 2 || sel.dims()[0] != m {
+                    return Err(mismatch(format!("sel [{m}, K] (M = {m} rows of x {x})"), sel));
+                }
+                out(Shape::new(&[m, sel.dims()[1], r])?, DType::F32)
+            }
+            Op::LoraExpand => {
+                arity(5, 5, "5 (y, v, b, sel, w)")?;
+                let (y, v) = (f32_in(0)?, f32_in(1)?);
+                let b = float_weights(inputs, 2, op, "b")?;
+                let sel = u32_in(inputs, 3, op, "sel")?;
+                let w = f32_in(4)?;
+                if y.rank() == 0 {
+                    return Err(mismatch("y [.., Out]".into(), y));
+                }
+                if b.rank() != 3 {
+                    return Err(mismatch("b [N, Out, R]".into(), b));
+                }
+                let (o, r, m) = (b.dims()[1], b.dims()[2], leading(y));
+                if y.last() != o {
+                    return Err(mismatch(format!("y [.., {o}] (Out of b {b})"), y));
+                }
+                if sel.rank() != 2 || sel.dims()[0] != m {
+                    return Err(mismatch(format!("sel [{m}, K] (M = {m} rows of y {y})"), sel));
+                }
+                let k = sel.dims()[1];
+                if v.dims() != [m, k, r] {
+                    return Err(mismatch(format!("v [{m}, {k}, {r}] (M, K of sel, R of b)"), v));
+                }
+                if w.dims() != [m, k] {
+                    return Err(mismatch(format!("w [{m}, {k}] (as sel)"), w));
+                }
+                out(*y, DType::F32)
+            }
         }
     }
+}
+
+/// Rows of a `[.., C]` tensor: the product of the leading dims (so a zero-width row still counts).
+fn leading(s: &Shape) -> usize {
+    s.dims()[..s.rank().saturating_sub(1)].iter().product()
+}
+
+/// Input `i`'s shape, if it is f32, f16 or bf16 (stored weights).
+fn float_weights<'a>(inputs: &'a [Meta], i: usize, op: &'static str, name: &str) -> Result<&'a Shape> {
+    let (s, d) = &inputs[i];
+    if !d.is_float() {
+        return Err(Error::DTypeMismatch { op, expected: format!("f32, f16 or bf16 {name} (input {i})"), got: *d });
+    }
+    Ok(s)
+}
+
+/// Input `i`'s shape, if it is u32 (indices).
+fn u32_in<'a>(inputs: &'a [Meta], i: usize, op: &'static str, name: &str) -> Result<&'a Shape> {
+    let (s, d) = &inputs[i];
+    if *d != DType::U32 {
+        return Err(Error::DTypeMismatch { op, expected: format!("u32 {name} (input {i})"), got: *d });
+    }
+    Ok(s)
 }

@@ -6,6 +6,7 @@
 //! f32 dot products, and the WebGPU/Vulkan precision of exp/sin/cos for softmax, attention, RoPE.
 
 use std::collections::HashSet;
+use taskloom::op::LORA_EMPTY;
 use taskloom::{DType, Device, GeluKind, Op, OpKind, TensorData};
 use taskloom_tests::{compare, gpu_or_skip, Rng};
 
@@ -192,6 +193,50 @@ fn topk_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     }
 }
 
+/// Adapter slots for `m` rows of `k`: a mix of shared and different adapters, empty slots
+/// (`LORA_EMPTY`) and an index past the stack (both must contribute nothing on every device).
+fn lora_sel(rng: &mut Rng, m: usize, k: usize, n: usize) -> TensorData {
+    let ids = (0..m * k)
+        .map(|i| match i % 7 {
+            5 if k > 1 => LORA_EMPTY,
+            6 => n as u32 + i as u32,
+            _ => rng.below(n as u32),
+        })
+        .collect();
+    TensorData::u32(&[m, k], ids).unwrap()
+}
+
+fn lora_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    // (x leading dims (M = their product), K, N, R, In, Out)
+    let specs = [
+        (vec![1usize], 1, 1, 1, 1, 1),
+        (vec![17], 1, 4, 16, 33, 65),
+        (vec![2, 3], 2, 5, 8, 257, 17),
+        (vec![3, 5], 2, 3, 1, 64, 255),
+        (vec![9], 3, 8, 16, 255, 3),
+        (vec![2, 2, 2], 2, 4, 3, 17, 257),
+        (vec![8], 1, 1, 32, 256, 256), // every row on one adapter (bar the past-the-stack slot)
+    ];
+    for (lead, k, n, r, cin, cout) in specs {
+        let m: usize = lead.iter().product();
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let sel = lora_sel(rng, m, k, n);
+            let x = f32s(rng, &[&lead[..], &[cin]].concat(), -1.0, 1.0);
+            let inputs = vec![x, weights(rng, &[n, r, cin], dt), sel.clone()];
+            let atol = 2e-6 * (cin as f32).sqrt() * 4.0;
+            let what = format!("m{m} k{k} n{n} r{r} in{cin} out{cout} {dt}");
+            v.push(case(format!("lora_shrink {what}"), Op::LoraShrink, inputs, atol, 1e-5));
+            // Weighted slots: per-slot weights in [0, 1) (a mixture times alpha / r); NaN in the
+            // slots that are empty, which must not reach the output.
+            let w = (0..m * k).map(|i| if sel.as_u32().unwrap()[i] >= n as u32 { f32::NAN } else { rng.uniform(0.0, 1.0) }).collect();
+            let y = f32s(rng, &[&lead[..], &[cout]].concat(), -1.0, 1.0);
+            let inputs = vec![y, f32s(rng, &[m, k, r], -1.0, 1.0), weights(rng, &[n, cout, r], dt), sel, TensorData::f32(&[m, k], w).unwrap()];
+            let atol = 2e-6 * ((k * r + 1) as f32).sqrt() * 4.0;
+            v.push(case(format!("lora_expand {what}"), Op::LoraExpand, inputs, atol, 1e-5));
+        }
+    }
+}
+
 fn cases() -> Vec<Case> {
     let mut rng = Rng::new(7);
     let mut v = Vec::new();
@@ -204,6 +249,7 @@ fn cases() -> Vec<Case> {
     expert_cases(&mut rng, &mut v);
     route_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
+    lora_cases(&mut rng, &mut v);
     v
 }
 
@@ -300,5 +346,37 @@ fn bad_op_inputs_are_typed_errors_on_every_device() {
         assert_eq!(err(Op::LayerNorm { eps: 0.0 }, &[&a, &a, &a]), "BAD_INPUT");
         assert_eq!(err(Op::Attention { causal: true, scale: 1.0 }, &[&a, &a, &a]), "BAD_INPUT");
         assert_eq!(err(Op::Silu, &[]), "BAD_INPUT");
+        // Multi-LoRA: x [2, 3], a [4, 2, 3], sel [2, 1]; y [2, 5], v [2, 1, 2], b [4, 5, 2], w [2, 1].
+        let t = |d: &[usize]| dev.upload(&TensorData::f32(d, vec![0.0; d.iter().product()]).unwrap()).unwrap();
+        let (a3, sel) = (t(&[4, 2, 3]), dev.upload(&TensorData::u32(&[2, 1], vec![0, 1]).unwrap()).unwrap());
+        let (y, v, b3, w) = (t(&[2, 5]), t(&[2, 1, 2]), t(&[4, 5, 2]), t(&[2, 1]));
+        let sel_f32 = t(&[2, 1]);
+        assert!(dev.exec(&Op::LoraShrink, &[&a, &a3, &sel]).is_ok());
+        assert!(dev.exec(&Op::LoraExpand, &[&y, &v, &b3, &sel, &w]).is_ok());
+        for (what, ins) in [
+            ("In mismatch", vec![&b, &a3, &sel]),
+            ("a rank 2", vec![&a, &a, &sel]),
+            ("sel rank 1", vec![&a, &a3, &ids]),
+            ("M mismatch", vec![&t(&[3, 3]), &a3, &sel]),
+            ("sel f32", vec![&a, &a3, &sel_f32]),
+            ("a u32", vec![&a, &sel, &sel]),
+            ("x u32", vec![&ids, &a3, &sel]),
+            ("arity", vec![&a, &a3]),
+        ] {
+            assert_eq!(dev.exec(&Op::LoraShrink, &ins).expect_err(what).code(), "BAD_INPUT", "lora_shrink {what}");
+        }
+        let (v_r3, y6, w_k2, y_m3) = (t(&[2, 1, 3]), t(&[2, 6]), t(&[2, 2]), t(&[3, 5]));
+        for (what, ins) in [
+            ("Out mismatch", vec![&y6, &v, &b3, &sel, &w]),
+            ("R mismatch", vec![&y, &v_r3, &b3, &sel, &w]),
+            ("K mismatch in w", vec![&y, &v, &b3, &sel, &w_k2]),
+            ("M mismatch", vec![&y_m3, &v, &b3, &sel, &w]),
+            ("b rank 2", vec![&y, &v, &a, &sel, &w]),
+            ("sel f32", vec![&y, &v, &b3, &sel_f32, &w]),
+            ("w u32", vec![&y, &v, &b3, &sel, &sel]),
+            ("arity", vec![&y, &v, &b3, &sel]),
+        ] {
+            assert_eq!(dev.exec(&Op::LoraExpand, &ins).expect_err(what).code(), "BAD_INPUT", "lora_expand {what}");
+        }
     }
 }

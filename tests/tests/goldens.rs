@@ -101,6 +101,8 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
             scale: f("scale")?,
         },
         "TopK" => Op::TopK { k: u("k")? },
+        "LoraShrink" => Op::LoraShrink,
+        "LoraExpand" => Op::LoraExpand,
         other => return Err(format!("unknown op {other:?}")),
     })
 }

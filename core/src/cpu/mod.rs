@@ -5,6 +5,7 @@
 mod attention;
 mod elementwise;
 mod embed;
+mod lora;
 pub mod matmul;
 mod norm;
 mod topk;
@@ -168,6 +169,14 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
         Op::TopK { k } => {
             let (vals, idx) = topk::topk(x(0), inputs[0].0.last(), k);
             Ok(vec![TensorData::f32(out_shape.dims(), vals)?, TensorData::u32(outs[1].0.dims(), idx)?])
+        }
+        Op::LoraShrink => {
+            let k = inputs[2].0.dims()[1];
+            one(lora::lora_shrink(x(0), &inputs[1].0, inputs[1].1, u32s(inputs[2].1), k))
+        }
+        Op::LoraExpand => {
+            let k = inputs[3].0.dims()[1];
+            one(lora::lora_expand(x(0), x(1), &inputs[2].0, inputs[2].1, u32s(inputs[3].1), x(4), k))
         }
     }
 }

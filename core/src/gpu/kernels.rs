@@ -17,6 +17,8 @@ pub enum Shader {
     ExpertMatmul,
     MoeRoute,
     TopK,
+    LoraShrink,
+    LoraExpand,
 }
 
 /// How a binding is declared in the shader. Binding 0 is always the `Params` uniform.
@@ -54,6 +56,22 @@ pub const MATMUL_TILES: [MatmulTile; 2] = [
 
 pub type Constants = Vec<(&'static str, f64)>;
 
+/// `lora_shrink` runs 256 threads per workgroup, LANES of them summing each rank's dot product.
+/// Fewer ranks than 256 / 32 get more lanes each (R = 1 uses all 256), so small ranks do not leave
+/// most of the workgroup idle; 32 lanes at least, so a lane still walks contiguous weights.
+pub const LORA_SHRINK_WG: u32 = 256;
+pub const LORA_SHRINK_LANES: [u32; 4] = [32, 64, 128, 256];
+
+/// The LANES for rank `r`: the most ranks per workgroup that still fill it.
+pub fn lora_shrink_lanes(r: usize) -> u32 {
+    let per_rank = LORA_SHRINK_WG / (r.clamp(1, 256).next_power_of_two() as u32);
+    per_rank.clamp(LORA_SHRINK_LANES[0], LORA_SHRINK_WG)
+}
+
+pub fn lora_shrink_constants(w_dtype: u32, lanes: u32) -> Constants {
+    vec![("W_DTYPE", w_dtype as f64), ("LANES", lanes as f64)]
+}
+
 pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constants {
     vec![
         ("B_DTYPE", b_dtype as f64),
@@ -67,7 +85,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 13] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -79,6 +97,8 @@ impl Shader {
         Shader::ExpertMatmul,
         Shader::MoeRoute,
         Shader::TopK,
+        Shader::LoraShrink,
+        Shader::LoraExpand,
     ];
 
     /// The file stem in `shaders/`.
@@ -95,6 +115,8 @@ impl Shader {
             Shader::ExpertMatmul => "expert_matmul",
             Shader::MoeRoute => "moe_route",
             Shader::TopK => "topk",
+            Shader::LoraShrink => "lora_shrink",
+            Shader::LoraExpand => "lora_expand",
         }
     }
 
@@ -112,6 +134,8 @@ impl Shader {
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::ExpertMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/expert_matmul.wgsl")),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
+            Shader::LoraShrink => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_shrink.wgsl")),
+            Shader::LoraExpand => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_expand.wgsl")),
         }
     }
 
@@ -128,6 +152,8 @@ impl Shader {
             Shader::ExpertMatmul => &["expert_matmul"],
             Shader::MoeRoute => &["moe_route"],
             Shader::TopK => &["topk"],
+            Shader::LoraShrink => &["lora_shrink"],
+            Shader::LoraExpand => &["lora_expand"],
         }
     }
 
@@ -143,6 +169,8 @@ impl Shader {
             Shader::ExpertMatmul => &[Read, Read, Read, ReadWrite],
             Shader::MoeRoute => &[Read, Read, ReadWrite, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
+            Shader::LoraShrink => &[Read, Read, Read, ReadWrite],
+            Shader::LoraExpand => &[Read, Read, Read, Read, Read, ReadWrite],
         }
     }
 
@@ -161,7 +189,11 @@ impl Shader {
                 v
             }
             Shader::Embedding => (0..3).map(|dt| vec![("T_DTYPE", dt as f64)]).collect(),
-            Shader::ExpertMatmul => (0..3).map(|dt| vec![("W_DTYPE", dt as f64)]).collect(),
+            Shader::ExpertMatmul | Shader::LoraExpand => (0..3).map(|dt| vec![("W_DTYPE", dt as f64)]).collect(),
+            Shader::LoraShrink => {
+                let lanes = LORA_SHRINK_LANES.iter();
+                (0..3).flat_map(|dt| lanes.clone().map(move |&l| lora_shrink_constants(dt, l))).collect()
+            }
             _ => vec![Vec::new()],
         }
     }
@@ -238,4 +270,20 @@ fn create_module(device: &wgpu::Device, shader: Shader) -> (wgpu::ShaderModule, 
         immediate_size: 0,
     });
     (module, bgl, layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_shrink_lanes_are_specialised_and_divide_the_workgroup() {
+        for r in 0..=1024 {
+            let lanes = lora_shrink_lanes(r);
+            assert!(LORA_SHRINK_LANES.contains(&lanes) && LORA_SHRINK_WG % lanes == 0, "r = {r}: {lanes}");
+            // Ranks per workgroup never exceed what a small rank needs (no idle half workgroups).
+            assert!(r == 0 || (LORA_SHRINK_WG / lanes) as usize <= r.next_power_of_two().max(8), "r = {r}");
+        }
+        assert_eq!((lora_shrink_lanes(1), lora_shrink_lanes(4), lora_shrink_lanes(16)), (256, 64, 32));
+    }
 }

@@ -1,7 +1,7 @@
 //! Records each op of the table as dispatches of the kernels in `shaders/`. Inputs were validated by
 //! `Op::infer`, so only device limits are checked here.
 
-use super::kernels::{matmul_constants, Shader, MATMUL_TILES};
+use super::kernels::{lora_shrink_constants, lora_shrink_lanes, matmul_constants, Shader, LORA_SHRINK_WG, MATMUL_TILES};
 use super::{buffer, GpuBackend};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,10 +11,15 @@ use crate::tensor::Tensor;
 /// Workgroup size of the 1-D kernels (must match the shaders' `WG` default).
 const WG: u32 = 256;
 const ATTN_WG: u32 = 64;
+/// `lora_expand`'s workgroup: outputs per workgroup (must match the shader's `WG` default).
+const LORA_EXPAND_WG: u32 = 64;
+/// Largest LoRA rank the GPU kernels take: far above any real adapter, and it keeps the shaders'
+/// loops and grids within their limits.
+const LORA_MAX_RANK: usize = 1 << 16;
 
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
-        Op::Matmul { .. } | Op::Embedding | Op::ExpertMatmul => dtype.is_float(),
+        Op::Matmul { .. } | Op::Embedding | Op::ExpertMatmul | Op::LoraShrink | Op::LoraExpand => dtype.is_float(),
         Op::Permute { .. } | Op::Concat { .. } => dtype.size_in_bytes() == 4,
         _ => dtype == DType::F32,
     }
@@ -27,6 +32,19 @@ fn words(w: &[u32]) -> Vec<u8> {
 
 fn u(x: usize) -> u32 {
     x as u32 // every count fits: buffers are capped by the u32 binding-size limit
+}
+
+/// `n` workgroups as (y, z) under the per-dimension limit; kernels index `y + z * num_workgroups.y`.
+fn fold(n: usize, max: u32) -> [u32; 2] {
+    let max = max as usize;
+    [u(n.min(max)), u(n.div_ceil(max))]
+}
+
+fn lora_rank_fits(op: &'static str, r: usize) -> Result<()> {
+    if r > LORA_MAX_RANK {
+        return Err(Error::UnsupportedOp { op, backend: "gpu (LoRA rank above 65536)", dtype: DType::F32 });
+    }
+    Ok(())
 }
 
 pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta]) -> Result<Vec<Tensor>> {
@@ -185,6 +203,30 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let params = words(&[u(x.rows()), u(x.last()), u(k), 0]);
             let ib = buffer(&out[1])?;
             g.dispatch(Shader::TopK, "topk", &[], &params, &[inb(0)?, ob, ib], g.grid(x.rows(), 1)?)?;
+        }
+        Op::LoraShrink => {
+            let (a, sel) = (&inputs[1].shape, &inputs[2].shape);
+            let (n, r, cin) = (a.dims()[0], a.dims()[1], a.dims()[2]);
+            lora_rank_fits(name, r)?;
+            let (picks, k) = (sel.numel(), sel.dims()[1]);
+            let params = words(&[u(picks), u(k), u(r), u(cin), u(n), 0, 0, 0]);
+            let lanes = lora_shrink_lanes(r);
+            let [gy, gz] = fold(picks, g.max_groups());
+            let groups = [u(r).div_ceil(LORA_SHRINK_WG / lanes), gy, gz];
+            let consts = lora_shrink_constants(inputs[1].dtype.shader_code(), lanes);
+            g.dispatch(Shader::LoraShrink, "lora_shrink", &consts, &params, &[inb(0)?, inb(1)?, inb(2)?, ob], groups)?;
+        }
+        Op::LoraExpand => {
+            let (b, sel) = (&inputs[2].shape, &inputs[3].shape);
+            let (n, cout, r) = (b.dims()[0], b.dims()[1], b.dims()[2]);
+            lora_rank_fits(name, r)?;
+            let (rows, k) = (sel.dims()[0], sel.dims()[1]);
+            let params = words(&[u(rows), u(k), u(r), u(cout), u(n), 0, 0, 0]);
+            let [gy, gz] = fold(rows, g.max_groups());
+            let groups = [u(cout).div_ceil(LORA_EXPAND_WG), gy, gz];
+            let consts = [("W_DTYPE", inputs[2].dtype.shader_code() as f64)];
+            let bufs = [inb(0)?, inb(1)?, inb(2)?, inb(3)?, inb(4)?, ob];
+            g.dispatch(Shader::LoraExpand, "lora_expand", &consts, &params, &bufs, groups)?;
         }
     }
     Ok(out)
