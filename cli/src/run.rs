@@ -49,6 +49,44 @@ pub struct Args {
     /// Write `logits` [T, V] (decoders) or `last_hidden_state` [T, C] and `embedding` [C] (encoders).
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder, optionally with a scale (DIR=0.5). Repeatable: the adapters'
+    /// deltas are summed with their scales.
+    #[arg(long = "adapter", value_name = "DIR[=SCALE]")]
+    adapters: Vec<String>,
+    /// Fuse the adapters into the weights before running (else they run unfused).
+    #[arg(long)]
+    fuse: bool,
+}
+
+/// `DIR[=SCALE]` → (DIR, SCALE); the scale defaults to 1. A path that itself contains '=' still
+/// works when the part after the last '=' is not a number.
+pub fn parse_adapter(s: &str) -> CliResult<(PathBuf, f32)> {
+    if let Some((dir, scale)) = s.rsplit_once('=') {
+        if let Ok(v) = scale.parse::<f32>() {
+            if !v.is_finite() {
+                return Err(msg(format!("--adapter {s}: the scale must be a finite number")));
+            }
+            return Ok((PathBuf::from(dir), v));
+        }
+    }
+    Ok((PathBuf::from(s), 1.0))
+}
+
+/// Loads every `--adapter` as `(name, adapter, scale)`; names are the folder names, made unique.
+pub fn load_adapters(specs: &[String]) -> CliResult<Vec<(taskloom::lora::Adapter, f32)>> {
+    let mut out: Vec<(taskloom::lora::Adapter, f32)> = Vec::new();
+    for s in specs {
+        let (dir, scale) = parse_adapter(s)?;
+        let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+        let mut name = base.clone();
+        let mut i = 2;
+        while out.iter().any(|(a, _)| a.name == name) {
+            name = format!("{base}-{i}");
+            i += 1;
+        }
+        out.push((taskloom::lora::Adapter::load_dir(&name, &dir)?, scale));
+    }
+    Ok(out)
 }
 
 fn msg(m: impl Into<String>) -> CliError {
@@ -65,10 +103,13 @@ pub fn run(a: Args) -> CliResult {
         bar.set_length(p.total);
         bar.set_position(p.loaded);
     };
+    let adapters = load_adapters(&a.adapters)?;
     if a.model.extension().is_some_and(|e| e == "gguf") {
         let lm = CausalLm::load_gguf_path_with_progress(&a.model, dev, &on_progress);
         bar.finish_and_clear();
-        return decoder(&a, &lm?);
+        let mut lm = lm?;
+        attach_decoder(&mut lm, adapters, a.fuse)?;
+        return decoder(&a, &lm);
     }
     let files = DirFiles(a.model.clone());
     let cfg_bytes = files.read("config.json")?.ok_or_else(|| msg(format!("{}: no config.json (nor a .gguf file)", a.model.display())))?;
@@ -76,14 +117,37 @@ pub fn run(a: Args) -> CliResult {
         ModelConfig::Bert(_) => {
             let enc = Encoder::load_with_progress(&files, dev, &on_progress);
             bar.finish_and_clear();
-            encoder(&a, &enc?)
+            let mut enc = enc?;
+            let mix = adapters.iter().map(|(ad, w)| (ad.name.clone(), *w)).collect();
+            for (ad, _) in adapters {
+                enc.bert.add_adapter(&enc.device, ad)?;
+            }
+            enc.bert.set_adapters(mix)?;
+            if a.fuse {
+                enc.bert.fuse(&enc.device)?;
+            }
+            encoder(&a, &enc)
         }
         _ => {
             let lm = CausalLm::load_with_progress(&files, dev, &on_progress);
             bar.finish_and_clear();
-            decoder(&a, &lm?)
+            let mut lm = lm?;
+            attach_decoder(&mut lm, adapters, a.fuse)?;
+            decoder(&a, &lm)
         }
     }
+}
+
+fn attach_decoder(lm: &mut CausalLm, adapters: Vec<(taskloom::lora::Adapter, f32)>, fuse: bool) -> CliResult {
+    let mix = adapters.iter().map(|(ad, w)| (ad.name.clone(), *w)).collect();
+    for (ad, _) in adapters {
+        lm.model.add_adapter(&lm.device, ad)?;
+    }
+    lm.model.set_adapters(mix)?;
+    if fuse {
+        lm.model.fuse(&lm.device)?;
+    }
+    Ok(())
 }
 
 /// A byte progress bar on stderr while weights load; hidden with --json or when stderr is not a
@@ -109,6 +173,9 @@ fn encoder(a: &Args, enc: &Encoder) -> CliResult {
         (None, None) => unreachable!("checked in run"),
     };
     let t0 = std::time::Instant::now();
+    if enc.bert.head.is_some() {
+        return classify(a, enc, &input, t0);
+    }
     let hidden = pollster::block_on(enc.hidden(&input))?;
     let (mode, norm) = enc.pooling.unwrap_or((taskloom::models::bert::Pooling::Mean, false));
     let emb = taskloom::models::bert::pool(&hidden, &input.mask, mode, norm)?.remove(0);
@@ -124,6 +191,31 @@ fn encoder(a: &Args, enc: &Encoder) -> CliResult {
     } else {
         let head: Vec<String> = emb.iter().take(8).map(|v| format!("{v:.6}")).collect();
         println!("embedding [{}] ({} tokens, {ms:.1} ms on {}): [{}, ...]", emb.len(), input.tokens, enc.device.kind(), head.join(", "));
+        Ok(())
+    }
+}
+
+/// A sequence classifier: every label's score (softmax) and the top one.
+fn classify(a: &Args, enc: &Encoder, input: &taskloom::models::bert::EncoderInput, t0: std::time::Instant) -> CliResult {
+    let head = enc.bert.head.as_ref().ok_or_else(|| msg("this model has no classification head"))?;
+    let logits = pollster::block_on(enc.bert.classify(&enc.device, input, None))?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let l = logits.as_f32()?;
+    let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = l.iter().map(|x| ((x - m) as f64).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let probs: Vec<f64> = e.iter().map(|x| x / z).collect();
+    let best = probs.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
+    if let Some(p) = &a.dump {
+        safetensors::write(p, &[("logits", &logits)], None)?;
+    }
+    if a.json {
+        crate::util::print_json(&serde_json::json!({
+            "ids": input.ids, "logits": l, "label": head.labels[best], "score": probs[best],
+            "labels": head.labels, "ms": ms, "device": enc.device.info(),
+        }))
+    } else {
+        println!("{} ({:.4}) ({} tokens, {ms:.1} ms on {})", head.labels[best], probs[best], input.tokens, enc.device.kind());
         Ok(())
     }
 }

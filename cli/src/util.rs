@@ -51,8 +51,12 @@ pub fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> CliResult {
     let s = serde_json::to_string_pretty(value).map_err(|e| crate::CliError::Msg(format!("JSON output: {e}")))?;
-    println!("{s}");
-    Ok(())
+    use std::io::Write;
+    // A closed stdout (piped into `head`) is the reader's choice, not an error.
+    match writeln!(std::io::stdout(), "{s}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::CliError::Msg(format!("writing to stdout: {e}"))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

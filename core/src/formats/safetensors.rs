@@ -18,7 +18,7 @@ mod write;
 pub use header::{dtype_size, MAX_HEADER_LEN};
 pub use write::serialize;
 #[cfg(not(target_arch = "wasm32"))]
-pub use write::write;
+pub use write::{write, write_raw, RawTensor};
 
 use crate::dtype::DType;
 use super::buffer::Buffer;

@@ -6,7 +6,10 @@
 //! as PEFT stores them (`lora_A.weight`, `lora_B.weight`).
 
 pub mod combine;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod export;
 pub mod peft;
+pub mod runtime;
 
 use crate::tensor::TensorData;
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@ use super::{Progress, Tracked, Weights};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{Gguf, GgufWeights};
+use crate::lora::runtime::Mix;
 use crate::tensor::TensorData;
 use crate::tokenizer::Tokenizer;
 
@@ -143,8 +144,14 @@ impl CausalLm {
 
     /// Logits `[T, V]` for every prompt position (a fresh cache).
     pub async fn prompt_logits(&self, ids: &[u32]) -> Result<TensorData> {
+        self.prompt_logits_with(ids, None).await
+    }
+
+    /// [`CausalLm::prompt_logits`] with an adapter mix (`None`: the active mix).
+    pub async fn prompt_logits_with(&self, ids: &[u32], mix: Option<&Mix>) -> Result<TensorData> {
         let mut cache = self.model.new_cache();
-        let l = self.model.forward(&self.device, ids, &mut cache, true)?;
+        let mixes = mix.map(|m| vec![m.clone()]);
+        let l = self.model.forward_mixed(&self.device, &[ids], &mut cache, true, mixes.as_deref())?;
         self.device.download(&l).await
     }
 
@@ -152,6 +159,12 @@ impl CausalLm {
     /// rows); each row stops at its own stop token or `max_tokens`. Row `r` samples with seed
     /// `s.seed + r`. Returns each row's generated ids.
     pub async fn generate_batch(&self, prompts: &[Vec<u32>], s: &Sampling) -> Result<Vec<Vec<u32>>> {
+        self.generate_batch_with(prompts, s, None).await
+    }
+
+    /// [`CausalLm::generate_batch`] with one adapter mix per prompt (a mixed batch: one forward
+    /// per step serves every row with its own adapters).
+    pub async fn generate_batch_with(&self, prompts: &[Vec<u32>], s: &Sampling, mixes: Option<&[Mix]>) -> Result<Vec<Vec<u32>>> {
         let b = prompts.len();
         let mut cache = self.model.new_cache();
         let mut rngs: Vec<Rng> = (0..b).map(|r| Rng::new(s.seed.wrapping_add(r as u64))).collect();
@@ -162,7 +175,7 @@ impl CausalLm {
         let v = self.model.cfg.vocab_size;
         for _ in 0..s.max_tokens {
             let refs: Vec<&[u32]> = inputs.iter().map(|r| r.as_slice()).collect();
-            let logits = self.model.forward_batch(&self.device, &refs, &mut cache, false)?;
+            let logits = self.model.forward_mixed(&self.device, &refs, &mut cache, false, mixes)?;
             let rows = self.device.download(&logits).await?;
             let rows = rows.as_f32()?;
             for r in 0..b {
@@ -184,7 +197,13 @@ impl CausalLm {
 
     /// Generates after `prompt`; `on_token(id, new_text)` gets each token and the text it adds, and
     /// may return `false` to stop. Returns the generated ids (stop token included when hit).
-    pub async fn generate(&self, prompt: &[u32], s: &Sampling, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Vec<u32>> {
+    pub async fn generate(&self, prompt: &[u32], s: &Sampling, on_token: impl FnMut(u32, &str) -> bool) -> Result<Vec<u32>> {
+        self.generate_with(prompt, s, None, on_token).await
+    }
+
+    /// [`CausalLm::generate`] with an adapter mix (`None`: the active mix).
+    pub async fn generate_with(&self, prompt: &[u32], s: &Sampling, mix: Option<&Mix>, mut on_token: impl FnMut(u32, &str) -> bool) -> Result<Vec<u32>> {
+        let mixes = mix.map(|m| vec![m.clone()]);
         let mut cache = self.model.new_cache();
         let mut rng = Rng::new(s.seed);
         let mut all = prompt.to_vec();
@@ -192,7 +211,7 @@ impl CausalLm {
         let mut text_len = 0;
         let mut next_input = prompt.to_vec();
         while out.len() < s.max_tokens {
-            let logits = self.model.forward(&self.device, &next_input, &mut cache, false)?;
+            let logits = self.model.forward_mixed(&self.device, &[&next_input], &mut cache, false, mixes.as_deref())?;
             let row = self.device.download(&logits).await?;
             let tok = sample(row.as_f32()?, &all, s, &mut rng);
             out.push(tok);

@@ -19,6 +19,11 @@ pub struct BertConfig {
     pub hidden_act: String,
     #[serde(default = "absolute")]
     pub position_embedding_type: String,
+    /// Class names of a sequence-classification head (`BertForSequenceClassification`).
+    #[serde(default)]
+    pub id2label: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
 }
 
 fn two() -> usize {

@@ -8,6 +8,7 @@ use super::{Progress, Tracked, Weights};
 use crate::device::Device;
 use crate::error::{Error, FileError, Result};
 use crate::formats::safetensors::SafeTensors;
+use crate::lora::runtime::Mix;
 use crate::tensor::TensorData;
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
@@ -150,8 +151,13 @@ impl Encoder {
     /// One pooled (and, if configured, normalised) embedding per text; mean pooling when the folder
     /// has no sentence-transformers config.
     pub async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_with(texts, None).await
+    }
+
+    /// [`Encoder::embed`] with an adapter mix per text (`None`: the active mix).
+    pub async fn embed_with(&self, texts: &[&str], mixes: Option<&[Mix]>) -> Result<Vec<Vec<f32>>> {
         let input = self.tokenize(texts)?;
-        let h = self.hidden(&input).await?;
+        let h = self.device.download(&self.bert.forward_mixed(&self.device, &input, mixes)?).await?;
         let (mode, norm) = self.pooling.unwrap_or((Pooling::Mean, false));
         pool(&h, &input.mask, mode, norm)
     }

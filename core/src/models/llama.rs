@@ -10,6 +10,7 @@ use super::{load, Linear, Norm, Weights};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::lora::runtime::{LoraHost, LoraSet, Mix, RowSel};
 use crate::tensor::{Tensor, TensorData};
 
 struct Layer {
@@ -35,12 +36,12 @@ enum Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, dev: &Device, h: &Tensor) -> Result<Tensor> {
+    fn forward(&self, dev: &Device, h: &Tensor, sel: Option<&RowSel>) -> Result<Tensor> {
         match self {
             Mlp::Dense { gate, up, down } => {
-                let g = dev.exec1(&Op::Silu, &[&gate.forward(dev, h)?])?;
-                let m = dev.exec1(&Op::Mul, &[&g, &up.forward(dev, h)?])?;
-                down.forward(dev, &m)
+                let g = dev.exec1(&Op::Silu, &[&gate.forward(dev, h, sel)?])?;
+                let m = dev.exec1(&Op::Mul, &[&g, &up.forward(dev, h, sel)?])?;
+                down.forward(dev, &m, sel)
             }
             Mlp::Sparse(moe) => moe.forward(dev, h),
         }
@@ -53,6 +54,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Norm,
     lm_head: Tensor, // [V, C] (the embedding when tied)
+    /// Registered LoRA adapters (see [`crate::lora::runtime`]).
+    pub lora: LoraSet,
 }
 
 /// Keys and values of every layer so far: `[1, Hkv, S, D]` each.
@@ -109,7 +112,7 @@ impl Llama {
             load(dev, w, "lm_head.weight", &[v, c])?
         };
         let norm = rms(dev, w, "model.norm.weight", c, eps)?;
-        Ok(Llama { cfg, embed, layers, norm, lm_head })
+        Ok(Llama { cfg, embed, layers, norm, lm_head, lora: LoraSet::default() })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -126,6 +129,11 @@ impl Llama {
     /// start at its own first real token. Returns logits `[B*T, V]` for every slot when
     /// `all_logits`, else `[B, V]` for each row's last token. Stays on the device.
     pub fn forward_batch(&self, dev: &Device, rows: &[&[u32]], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        self.forward_mixed(dev, rows, cache, all_logits, None)
+    }
+
+    /// [`Llama::forward_batch`] with an adapter mix per row (`None`: the active mix for every row).
+    pub fn forward_mixed(&self, dev: &Device, rows: &[&[u32]], cache: &mut KvCache, all_logits: bool, mixes: Option<&[Mix]>) -> Result<Tensor> {
         let b = rows.len();
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let (hq, hkv, d) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
@@ -165,11 +173,13 @@ impl Llama {
         let to_heads = Op::Permute { perm: [0, 2, 1, 3] };
         let attn = Op::Attention { causal: true, scale: 1.0 / (d as f32).sqrt() };
 
+        let sel = self.lora.row_sel(dev, mixes, b, t)?;
+        let sel = sel.as_ref();
         let mut x = dev.exec1(&Op::Embedding, &[&self.embed, &ids_t])?; // [B*T, C]
         for (l, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = l.ln1.forward(dev, &x)?;
             let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[b, t, n, d])?]);
-            let (mut q, mut k) = (l.q.forward(dev, &h)?, l.k.forward(dev, &h)?);
+            let (mut q, mut k) = (l.q.forward(dev, &h, sel)?, l.k.forward(dev, &h, sel)?);
             if let Some((qn, kn)) = &l.qk_norm {
                 // RMSNorm over each head's D values: rows of [B*T*H, D].
                 q = qn.forward(dev, &q.reshape(&[b * t * hq, d])?)?;
@@ -177,7 +187,7 @@ impl Llama {
             }
             let q = dev.exec1(&rope, &[&heads(q, hq)?, &pos])?;
             let k = dev.exec1(&rope, &[&heads(k, hkv)?, &pos])?;
-            let v = heads(l.v.forward(dev, &h)?, hkv)?;
+            let v = heads(l.v.forward(dev, &h, sel)?, hkv)?;
             let (k, v) = match slot.take() {
                 None => (k, v),
                 Some((ck, cv)) => {
@@ -187,9 +197,9 @@ impl Llama {
             let a = dev.exec1(&attn, &[&q, &k, &v, &mask_t])?; // [B, Hq, T, D]
             *slot = Some((k, v));
             let a = dev.exec1(&to_heads, &[&a])?.reshape(&[b * t, hq * d])?;
-            x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a)?])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a, sel)?])?;
             let h = l.ln2.forward(dev, &x)?;
-            x = dev.exec1(&Op::Add, &[&x, &l.mlp.forward(dev, &h)?])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.mlp.forward(dev, &h, sel)?])?;
         }
         cache.len += t;
         let x = if all_logits || t == 1 {
@@ -201,5 +211,59 @@ impl Llama {
         };
         let x = self.norm.forward(dev, &x)?;
         dev.exec1(&Op::Matmul { trans_b: true }, &[&x, &self.lm_head])
+    }
+}
+
+impl Llama {
+    /// Registers a PEFT adapter (the base weights are not reloaded).
+    pub fn add_adapter(&mut self, dev: &Device, adapter: crate::lora::Adapter) -> Result<()> {
+        crate::lora::runtime::add(self, dev, adapter)
+    }
+
+    pub fn remove_adapter(&mut self, dev: &Device, name: &str) -> Result<()> {
+        crate::lora::runtime::remove(self, dev, name)
+    }
+
+    /// The mix used when a request names none.
+    pub fn set_adapters(&mut self, mix: Mix) -> Result<()> {
+        crate::lora::runtime::set_active(self, mix)
+    }
+
+    /// Bakes the active mix into the weights.
+    pub fn fuse(&mut self, dev: &Device) -> Result<()> {
+        crate::lora::runtime::fuse(self, dev)
+    }
+
+    /// Restores the original weights exactly.
+    pub fn unfuse(&mut self) -> Result<()> {
+        crate::lora::runtime::unfuse(self)
+    }
+
+    /// Every tensor fusing changed, by checkpoint name.
+    pub async fn fused_tensors(&mut self, dev: &Device) -> Result<Vec<(String, TensorData)>> {
+        crate::lora::runtime::fused_weights(self, dev).await
+    }
+
+    /// The current weight of the linear `module` (fused adapters included), on the host; `None`
+    /// when the model has no such linear.
+    pub async fn linear_weight(&mut self, dev: &Device, module: &str) -> Result<Option<Vec<f32>>> {
+        let w = self.lora_parts().1.into_iter().find(|l| l.name == module).map(|l| l.w.clone());
+        match w {
+            Some(w) => Ok(Some(dev.download(&w).await?.to_f32_vec())),
+            None => Ok(None),
+        }
+    }
+}
+
+impl LoraHost for Llama {
+    fn lora_parts(&mut self) -> (&mut LoraSet, Vec<&mut super::Linear>) {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            v.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o]);
+            if let Mlp::Dense { gate, up, down } = &mut l.mlp {
+                v.extend([gate, up, down]);
+            }
+        }
+        (&mut self.lora, v)
     }
 }

@@ -85,25 +85,45 @@ pub(crate) fn load(dev: &Device, w: &dyn Weights, name: &str, dims: &[usize]) ->
     dev.upload(&t)
 }
 
-/// `y = x · Wᵀ + b`, with `W [out, in]` as PyTorch's `nn.Linear` stores it.
-pub(crate) struct Linear {
+/// `y = x · Wᵀ + b`, with `W [out, in]` as PyTorch's `nn.Linear` stores it, plus the LoRA
+/// adapters registered on it (see [`crate::lora::runtime`]).
+pub struct Linear {
+    /// The module path (`model.layers.0.self_attn.q_proj`): what PEFT adapters name.
+    pub name: String,
+    /// The weight in use: the original, or the original plus fused adapters.
     pub w: Tensor,
+    /// The original weight while adapters are fused into `w` (restored exactly by unfusing).
+    pub base: Option<Tensor>,
     pub b: Option<Tensor>,
+    pub inp: usize,
+    pub out: usize,
+    /// Every registered adapter's factors, stacked for the shrink/expand kernels.
+    pub lora: Option<crate::lora::runtime::LoraStack>,
 }
 
 impl Linear {
     pub fn load(dev: &Device, w: &dyn Weights, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
+            name: prefix.to_string(),
             w: load(dev, w, &format!("{prefix}.weight"), &[out, inp])?,
+            base: None,
             b: if bias { Some(load(dev, w, &format!("{prefix}.bias"), &[out])?) } else { None },
+            inp,
+            out,
+            lora: None,
         })
     }
 
-    pub fn forward(&self, dev: &Device, x: &Tensor) -> Result<Tensor> {
+    /// `x [.., in]` → `[.., out]`; with `sel`, each row also gets its adapters' `Σ wᵢ·sᵢ·Bᵢ·(Aᵢ·x)`.
+    pub fn forward(&self, dev: &Device, x: &Tensor, sel: Option<&crate::lora::runtime::RowSel>) -> Result<Tensor> {
         let op = Op::Matmul { trans_b: true };
-        match &self.b {
-            Some(b) => dev.exec1(&op, &[x, &self.w, b]),
-            None => dev.exec1(&op, &[x, &self.w]),
+        let y = match &self.b {
+            Some(b) => dev.exec1(&op, &[x, &self.w, b])?,
+            None => dev.exec1(&op, &[x, &self.w])?,
+        };
+        match (&self.lora, sel) {
+            (Some(stack), Some(sel)) => stack.apply(dev, x, y, sel),
+            _ => Ok(y),
         }
     }
 }

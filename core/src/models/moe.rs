@@ -134,8 +134,8 @@ impl SparseMoe {
         let out = dev.exec1(&Op::Matmul { trans_b: false }, &[&weights.reshape(&[t, 1, self.k])?, &d])?;
         let out = out.reshape(&[t, c])?;
         let Some(s) = &self.shared else { return Ok(out) };
-        let g = dev.exec1(&Op::Silu, &[&s.gate.forward(dev, h)?])?;
-        let y = s.down.forward(dev, &dev.exec1(&Op::Mul, &[&g, &s.up.forward(dev, h)?])?)?; // [T, C]
+        let g = dev.exec1(&Op::Silu, &[&s.gate.forward(dev, h, None)?])?;
+        let y = s.down.forward(dev, &dev.exec1(&Op::Mul, &[&g, &s.up.forward(dev, h, None)?])?, None)?; // [T, C]
         let gate = dev.exec1(&Op::Sigmoid, &[&dev.exec1(&Op::Matmul { trans_b: true }, &[h, &s.gate_proj])?])?; // [T, 1]
         // gate[t] (1 x 1) · y[t] (1 x C): the per-token scale as a batched matmul.
         let y = dev.exec1(&Op::Matmul { trans_b: false }, &[&gate.reshape(&[t, 1, 1])?, &y.reshape(&[t, 1, c])?])?;

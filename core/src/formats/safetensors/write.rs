@@ -37,6 +37,46 @@ pub fn write(
     w.flush().map_err(io)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
+/// One tensor given as raw little-endian bytes and its safetensors dtype name ("F32", "I64", ...):
+/// copies tensors the runtime does not load (integer buffers) unchanged.
+pub struct RawTensor<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+/// Writes raw tensors (streamed to `path`), in the order given.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_raw(path: impl AsRef<std::path::Path>, tensors: &[RawTensor<'_>], metadata: Option<&BTreeMap<String, String>>) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let io = |source| Error::Io { path: path.display().to_string(), source };
+    let mut header = Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), json!(m));
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        if t.name == "__metadata__" || header.contains_key(t.name) {
+            return Err(Error::InvalidParam { op: OP, reason: format!("tensor name '{}' is reserved or repeated", t.name) });
+        }
+        let len = t.bytes.len() as u64;
+        header.insert(t.name.to_owned(), json!({ "dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + len] }));
+        offset += len;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header)).map_err(|e| Error::InvalidParam { op: OP, reason: format!("header: {e}") })?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&json).map_err(io)?;
+    for t in tensors {
+        w.write_all(t.bytes).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
 /// The 8-byte length, then the padded JSON header.
 fn prefix_and_header(tensors: &[(&str, &TensorData)], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
     let mut header = Map::new();
