@@ -103,8 +103,25 @@ export interface GenerateOptions {
   seed?: number;
   /** Wrap the prompt in the model's chat template as one user message. */
   chat?: boolean;
+  /** LoRA adapters for this request (default: the mix set by `setAdapters`). */
+  adapter?: AdapterChoice;
   /** Stops generation; the iterator then throws ABORTED. */
   signal?: AbortSignal;
+}
+
+/** An adapter name (weight 1) or adapter names with weights: `{ a: 0.7, b: 0.3 }`; `{}` = the base. */
+export type AdapterChoice = string | Record<string, number>;
+
+export interface RequestOptions {
+  /** LoRA adapters for this request (default: the mix set by `setAdapters`). */
+  adapter?: AdapterChoice;
+}
+
+export interface Classification {
+  label: string;
+  /** Softmax probability of `label`. */
+  score: number;
+  logits: Float32Array;
 }
 
 /** A model source: a URL (folder base or a .gguf file), picked files, a directory handle, or buffers by path. */
@@ -125,10 +142,24 @@ export class Model {
   /** Token ids of `text` with the model's tokenizer. */
   encode(text: string): number[];
   /** Logits for every position of `ids` (decoders), from a fresh KV cache. */
-  logits(ids: number[]): Promise<{ dims: [number, number]; data: Float32Array }>;
+  logits(ids: number[], opts?: RequestOptions): Promise<{ dims: [number, number]; data: Float32Array }>;
   /** Pooled sentence embedding(s) (encoders). */
-  embed(text: string): Promise<Float32Array>;
-  embed(texts: string[]): Promise<Float32Array[]>;
+  embed(text: string, opts?: RequestOptions): Promise<Float32Array>;
+  embed(texts: string[], opts?: RequestOptions): Promise<Float32Array[]>;
+  /** Sequence classification (a `*ForSequenceClassification` folder). */
+  classify(text: string, opts?: RequestOptions): Promise<Classification>;
+  classify(texts: string[], opts?: RequestOptions): Promise<Classification[]>;
+  /** Class names of a sequence classifier. */
+  readonly labels: string[];
+  /** Registers a PEFT LoRA adapter folder under `name` without reloading the base. */
+  addAdapter(name: string, source: ModelSource, opts?: { onProgress?: (p: LoadProgress) => void }): Promise<void>;
+  removeAdapter(name: string): void;
+  /** The default mix for requests that name none. */
+  setAdapters(mix: AdapterChoice): void;
+  readonly adapters: string[];
+  /** Bakes the default mix into the weights; `unfuse()` restores them exactly. */
+  fuse(): void;
+  unfuse(): void;
   /** Streams generated tokens (decoders). */
   generate(prompt: string, opts?: GenerateOptions): AsyncIterableIterator<{ id: number; text: string }>;
   dispose(): void;

@@ -178,6 +178,8 @@ export class Runtime {
 // Files a Hugging Face folder may hold that a model reads (required ones first).
 const HF_FILES = ["config.json", "tokenizer.json", "model.safetensors", "tokenizer_config.json", "modules.json", "1_Pooling/config.json"];
 const OPTIONAL = new Set(["tokenizer_config.json", "modules.json", "1_Pooling/config.json"]);
+// Files of a PEFT adapter folder.
+const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"];
 
 async function fetchBytes(url, name, onProgress, optional) {
   const res = await fetch(url);
@@ -206,7 +208,7 @@ async function fetchBytes(url, name, onProgress, optional) {
   return out;
 }
 
-async function gatherFiles(source, onProgress) {
+async function gatherFiles(source, onProgress, wanted = HF_FILES) {
   if (typeof source === "string" || source instanceof URL) {
     const base = String(source);
     if (base.endsWith(".gguf")) {
@@ -215,7 +217,7 @@ async function gatherFiles(source, onProgress) {
     }
     const root = base.endsWith("/") ? base : base + "/";
     const files = {};
-    for (const name of HF_FILES) {
+    for (const name of wanted) {
       const b = await fetchBytes(new URL(name, new URL(root, globalThis.location?.href)), name, onProgress, OPTIONAL.has(name));
       if (b) files[name] = b;
     }
@@ -287,24 +289,92 @@ export class Model {
     return Array.from(call(() => this.#self().encode(text)));
   }
 
-  /** Logits for every position of `ids` (decoders): `{ dims: [T, V], data: Float32Array }`. */
-  async logits(ids) {
+  /**
+   * Registers a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) under
+   * `name`, from a URL base, files, a directory handle or an object of buffers. The base model is
+   * not reloaded. `opts.onProgress` as for `Model.load`.
+   */
+  async addAdapter(name, source, opts = {}) {
     const raw = this.#self();
-    const data = await call(() => raw.logits(Uint32Array.from(ids)));
+    const files = await call(() => gatherFiles(source, opts?.onProgress, ADAPTER_FILES));
+    call(() => raw.addAdapter(String(name), files));
+  }
+
+  /** Unregisters an adapter (unfusing it first if it is fused). */
+  removeAdapter(name) {
+    call(() => this.#self().removeAdapter(String(name)));
+  }
+
+  /** The default adapter mix for requests that name none: `{ a: 0.7, b: 0.3 }`, a name, or `{}`. */
+  setAdapters(mix) {
+    call(() => this.#self().setAdapters(mix ?? {}));
+  }
+
+  /** Names of the registered adapters. */
+  get adapters() {
+    return Array.from(this.#self().adapters());
+  }
+
+  /** Bakes the default mix into the weights (W + s·B·A); requests for other mixes still work. */
+  fuse() {
+    call(() => this.#self().fuse());
+  }
+
+  /** Restores the original weights exactly. */
+  unfuse() {
+    call(() => this.#self().unfuse());
+  }
+
+  /** Class names of a sequence-classification model. */
+  get labels() {
+    return Array.from(this.#self().labels());
+  }
+
+  /**
+   * Sequence classification: `{ label, score, logits }` per text (an array for an array).
+   * `opts.adapter`: a name or `{ name: weight }` for this request (its saved classifier is used).
+   */
+  async classify(text, opts = {}) {
+    const raw = this.#self();
+    const many = Array.isArray(text);
+    const out = await call(() => raw.classify(many ? text : [text], { adapter: opts?.adapter }));
+    const labels = this.labels;
+    const res = out.map((logits) => {
+      const m = Math.max(...logits);
+      const e = Array.from(logits, (x) => Math.exp(x - m));
+      const z = e.reduce((a, b) => a + b, 0);
+      let best = 0;
+      for (let i = 1; i < e.length; i++) if (e[i] > e[best]) best = i;
+      return { label: labels[best], score: e[best] / z, logits };
+    });
+    return many ? res : res[0];
+  }
+
+  /**
+   * Logits for every position of `ids` (decoders): `{ dims: [T, V], data: Float32Array }`.
+   * `opts.adapter`: a name or `{ name: weight }` for this request.
+   */
+  async logits(ids, opts = {}) {
+    const raw = this.#self();
+    const data = await call(() => raw.logits(Uint32Array.from(ids), { adapter: opts?.adapter }));
     const t = ids.length;
     return { dims: [t, t ? data.length / t : 0], data };
   }
 
-  /** Pooled embedding(s): a Float32Array for a string, an array of them for an array of strings. */
-  async embed(text) {
+  /**
+   * Pooled embedding(s): a Float32Array for a string, an array of them for an array of strings.
+   * `opts.adapter`: a name or `{ name: weight }` for this request.
+   */
+  async embed(text, opts = {}) {
     const many = Array.isArray(text);
-    const out = await call(() => this.#self().embed(many ? text : [text]));
+    const out = await call(() => this.#self().embed(many ? text : [text], { adapter: opts?.adapter }));
     return many ? out : out[0];
   }
 
   /**
    * Streams generated tokens as `{ id, text }`. `opts`: maxTokens, temperature, topK, topP,
-   * repetitionPenalty, seed, chat (wrap the prompt in the chat template), signal (AbortSignal).
+   * repetitionPenalty, seed, chat (wrap the prompt in the chat template), adapter (a name or
+   * `{ name: weight }` for this request), signal (AbortSignal).
    */
   async *generate(prompt, opts = {}) {
     const raw = this.#self();

@@ -146,6 +146,44 @@ fn report_time(json: bool, load: std::time::Duration, total: std::time::Duration
 }
 
 fn combine(a: CombineArgs) -> CliResult {
-    let _ = (&a.model, &a.adapters, &a.combination, a.density, a.svd_rank, a.seed, &a.majority_sign_method, &a.name, &a.out, a.json);
-    Err(msg("lora combine: not available yet"))
+    use taskloom::lora::combine::{combine, Combination, CombineOptions, MajoritySign};
+    let combination: Combination = a.combination.parse()?;
+    let adapters = load_adapters(&a.adapters)?;
+    // The adapters must fit the model: registering them on it checks every module and shape.
+    let (files, cfg) = config(&a.model)?;
+    let dev = taskloom::Device::cpu();
+    match cfg {
+        ModelConfig::Llama(c) => {
+            let mut m = Llama::load(&dev, c, &files.weights()?)?;
+            for (ad, _) in &adapters {
+                m.add_adapter(&dev, ad.clone())?;
+            }
+        }
+        ModelConfig::Bert(c) => {
+            let mut m = Bert::load(&dev, c, &files.weights()?)?;
+            for (ad, _) in &adapters {
+                m.add_adapter(&dev, ad.clone())?;
+            }
+        }
+        #[allow(unreachable_patterns)]
+        _ => return Err(msg("lora combine supports adapters of BERT and Llama-family models")),
+    }
+    let mut opts = CombineOptions::new(a.name.clone(), combination);
+    opts.density = a.density.map(f64::from);
+    opts.svd_rank = a.svd_rank;
+    opts.seed = a.seed;
+    opts.majority_sign = a.majority_sign_method.parse::<MajoritySign>()?;
+    let inputs: Vec<(&taskloom::lora::Adapter, f32)> = adapters.iter().map(|(ad, w)| (ad, *w)).collect();
+    let t0 = std::time::Instant::now();
+    let out = combine(&inputs, &opts)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    out.save_dir(&a.out)?;
+    if a.json {
+        crate::util::print_json(&serde_json::json!({
+            "out": a.out, "combination": combination.name(), "r": out.config.r, "modules": out.modules.len(), "ms": ms,
+        }))
+    } else {
+        println!("wrote {} ({} adapter, r = {}, {} modules, {ms:.1} ms)", a.out.display(), combination.name(), out.config.r, out.modules.len());
+        Ok(())
+    }
 }

@@ -8,6 +8,8 @@ use taskloom::formats::gguf::{is_gguf, Gguf};
 use taskloom::models::causal::CausalLm;
 use taskloom::models::config::ModelConfig;
 use taskloom::models::generate::Sampling;
+use taskloom::lora::runtime::Mix;
+use taskloom::lora::Adapter;
 use taskloom::models::hf::{Encoder, Files, MemFiles};
 use wasm_bindgen::prelude::*;
 
@@ -52,8 +54,120 @@ fn num(opts: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
     }
 }
 
+/// An adapter choice: `"name"` (weight 1), `{ name: weight, ... }`, or null/undefined (none given).
+fn mix_from_js(v: &JsValue) -> Result<Option<Mix>, JsError> {
+    if v.is_null() || v.is_undefined() {
+        return Ok(None);
+    }
+    if let Some(s) = v.as_string() {
+        return Ok(Some(vec![(s, 1.0)]));
+    }
+    if !v.is_object() {
+        return Err(bad_input("an adapter choice must be a name or an object of { name: weight }"));
+    }
+    let mut mix = Vec::new();
+    for entry in js_sys::Object::entries(&js_sys::Object::from(v.clone())).iter() {
+        let pair = js_sys::Array::from(&entry);
+        let name = pair.get(0).as_string().unwrap_or_default();
+        let w = pair.get(1).as_f64().ok_or_else(|| bad_input(format!("adapter weight for '{name}' must be a number")))?;
+        mix.push((name, w as f32));
+    }
+    Ok(Some(mix))
+}
+
+/// `opts.adapter` (or `opts.adapters`) of a request.
+fn request_mix(opts: &JsValue) -> Result<Option<Mix>, JsError> {
+    match opt_field(opts, "adapter")? {
+        Some(v) => mix_from_js(&v),
+        None => match opt_field(opts, "adapters")? {
+            Some(v) => mix_from_js(&v),
+            None => Ok(None),
+        },
+    }
+}
+
 #[wasm_bindgen]
 impl Model {
+    /// Registers a PEFT adapter from its files (`adapter_config.json`, `adapter_model.safetensors`);
+    /// the base weights are not reloaded.
+    #[wasm_bindgen(js_name = addAdapter)]
+    pub fn add_adapter(&mut self, name: String, files: JsValue) -> Result<(), JsError> {
+        let mem = MemFiles(files_from_js(&files)?);
+        let ad = Adapter::load(&name, &mem).map_err(core_err)?;
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.add_adapter(&e.device, ad),
+            Kind::Decoder(d) => d.model.add_adapter(&d.device, ad),
+        }
+        .map_err(core_err)
+    }
+
+    #[wasm_bindgen(js_name = removeAdapter)]
+    pub fn remove_adapter(&mut self, name: String) -> Result<(), JsError> {
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.remove_adapter(&e.device, &name),
+            Kind::Decoder(d) => d.model.remove_adapter(&d.device, &name),
+        }
+        .map_err(core_err)
+    }
+
+    /// The default mix: `{ a: 0.7, b: 0.3 }`, a name, or `{}` for the base model.
+    #[wasm_bindgen(js_name = setAdapters)]
+    pub fn set_adapters(&mut self, mix: JsValue) -> Result<(), JsError> {
+        let mix = mix_from_js(&mix)?.unwrap_or_default();
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.set_adapters(mix),
+            Kind::Decoder(d) => d.model.set_adapters(mix),
+        }
+        .map_err(core_err)
+    }
+
+    /// Names of the registered adapters.
+    pub fn adapters(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Encoder(e) => e.bert.lora.names(),
+            Kind::Decoder(d) => d.model.lora.names(),
+        }
+    }
+
+    /// Bakes the default mix into the weights (only the touched tensors are recomputed).
+    pub fn fuse(&mut self) -> Result<(), JsError> {
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.fuse(&e.device),
+            Kind::Decoder(d) => d.model.fuse(&d.device),
+        }
+        .map_err(core_err)
+    }
+
+    /// Restores the original weights exactly.
+    pub fn unfuse(&mut self) -> Result<(), JsError> {
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.unfuse(),
+            Kind::Decoder(d) => d.model.unfuse(),
+        }
+        .map_err(core_err)
+    }
+
+    /// Class logits of a sequence classifier, one Float32Array per text; `opts.adapter` as for
+    /// `generate`. Label names: `labels()`.
+    pub async fn classify(&self, texts: Vec<String>, opts: JsValue) -> Result<Vec<js_sys::Float32Array>, JsError> {
+        let Kind::Encoder(e) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "classify() needs a classification model")) };
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let input = e.tokenize(&refs).map_err(core_err)?;
+        let mixes = request_mix(&opts)?.map(|m| vec![m; texts.len()]);
+        let l = e.bert.classify(&e.device, &input, mixes.as_deref()).await.map_err(core_err)?;
+        let n = l.dims()[1];
+        let v = l.as_f32().map_err(core_err)?;
+        Ok(v.chunks(n.max(1)).map(js_sys::Float32Array::from).collect())
+    }
+
+    /// Class names of a sequence classifier (empty for other models).
+    pub fn labels(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Encoder(e) => e.bert.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
+            Kind::Decoder(_) => Vec::new(),
+        }
+    }
+
     /// `files`: the model's files by relative path. A single `*.gguf` entry loads that file.
     /// `opts.device`: "auto" | "webgpu" | "cpu".
     pub async fn load(files: JsValue, opts: JsValue) -> Result<Model, JsError> {
@@ -103,17 +217,19 @@ impl Model {
     }
 
     /// Logits `[T, V]` (row-major) for every position of `ids` (decoders), from a fresh cache.
-    pub async fn logits(&self, ids: Vec<u32>) -> Result<js_sys::Float32Array, JsError> {
+    pub async fn logits(&self, ids: Vec<u32>, opts: JsValue) -> Result<js_sys::Float32Array, JsError> {
         let Kind::Decoder(lm) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "logits() needs a decoder model")) };
-        let l = lm.prompt_logits(&ids).await.map_err(core_err)?;
+        let mix = request_mix(&opts)?;
+        let l = lm.prompt_logits_with(&ids, mix.as_ref()).await.map_err(core_err)?;
         Ok(js_sys::Float32Array::from(l.as_f32().map_err(core_err)?))
     }
 
     /// Pooled sentence embeddings (encoders): one Float32Array per text.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<js_sys::Float32Array>, JsError> {
+    pub async fn embed(&self, texts: Vec<String>, opts: JsValue) -> Result<Vec<js_sys::Float32Array>, JsError> {
         let Kind::Encoder(e) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "embed() needs an encoder model")) };
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        let v = e.embed(&refs).await.map_err(core_err)?;
+        let mixes = request_mix(&opts)?.map(|m| vec![m; texts.len()]);
+        let v = e.embed_with(&refs, mixes.as_deref()).await.map_err(core_err)?;
         Ok(v.iter().map(|x| js_sys::Float32Array::from(&x[..])).collect())
     }
 
@@ -135,8 +251,9 @@ impl Model {
         let chat = opt_field(&opts, "chat")?.is_some_and(|v| v.is_truthy());
         let text = if chat { lm.chat_prompt(&prompt).map_err(core_err)? } else { prompt };
         let ids = lm.encode(&text).map_err(core_err)?;
+        let mix = request_mix(&opts)?;
         let out = lm
-            .generate(&ids, &s, |id, piece| {
+            .generate_with(&ids, &s, mix.as_ref(), |id, piece| {
                 let r = on_token.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from_str(piece));
                 // A callback that throws stops generation like one that returns false.
                 matches!(r, Ok(v) if v != JsValue::FALSE)
