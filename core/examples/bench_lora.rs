@@ -126,7 +126,7 @@ fn main() -> R<()> {
 
     // Switching: time to first token after a switch, unfused vs fused.
     let prompt: Vec<u32> = rows[0][..16].to_vec();
-    let mut ttft = |fused: bool, m: &mut Llama| -> R<f64> {
+    let ttft = |fused: bool, m: &mut Llama| -> R<f64> {
         let mut ts = Vec::new();
         for r in 0..runs + 1 {
             let name = if r % 2 == 0 { "a1" } else { "a0" };

@@ -182,6 +182,20 @@ fn classifier(dev: &Device) {
     check("bert-cls fused", dev, &run(&m, None), &floats(&case["merged_logits"]), 1e-5);
     m.unfuse().unwrap();
     check("bert-cls base request", dev, &run(&m, Some(&[Vec::new()])), &floats(&case["base_logits"]), 1e-5);
+    // Task branches in one batch (MTLoRA-style): each row picks its adapters, and with them the
+    // classifier its adapter saved (row 0: adapter a and its head; row 1: the base and its head).
+    let two = EncoderInput {
+        ids: [input.ids.clone(), input.ids.clone()].concat(),
+        type_ids: vec![0; 2 * n],
+        mask: [input.mask.clone(), input.mask.clone()].concat(),
+        batch: 2,
+        tokens: n,
+    };
+    m.set_adapters(Vec::new()).unwrap();
+    let both = pollster::block_on(m.classify(dev, &two, Some(&[mix(&[("a", 1.0)]), Vec::new()]))).unwrap();
+    let both = both.as_f32().unwrap();
+    check("bert-cls mixed batch, row with a", dev, &both[..3], &floats(&case["logits"]), 1e-5);
+    check("bert-cls mixed batch, base row", dev, &both[3..], &floats(&case["base_logits"]), 1e-5);
 }
 
 fn bad_adapters(dev: &Device) {

@@ -263,7 +263,9 @@ impl Adapter {
         let c = &self.config;
         raw.insert("peft_type".into(), "LORA".into());
         raw.insert("r".into(), c.r.into());
-        raw.insert("lora_alpha".into(), serde_json::json!(c.lora_alpha));
+        // PEFT writes an integral alpha as an integer.
+        let alpha = if c.lora_alpha.fract() == 0.0 && c.lora_alpha.abs() < 1e9 { serde_json::json!(c.lora_alpha as i64) } else { serde_json::json!(c.lora_alpha) };
+        raw.insert("lora_alpha".into(), alpha);
         raw.insert("use_rslora".into(), c.use_rslora.into());
         raw.insert("fan_in_fan_out".into(), c.fan_in_fan_out.into());
         raw.insert(
@@ -274,7 +276,12 @@ impl Adapter {
             },
         );
         raw.insert("rank_pattern".into(), serde_json::json!(c.rank_pattern));
-        raw.insert("alpha_pattern".into(), serde_json::json!(c.alpha_pattern));
+        let alphas: serde_json::Map<String, Value> = c
+            .alpha_pattern
+            .iter()
+            .map(|(k, v)| (k.clone(), if v.fract() == 0.0 && v.abs() < 1e9 { serde_json::json!(*v as i64) } else { serde_json::json!(v) }))
+            .collect();
+        raw.insert("alpha_pattern".into(), Value::Object(alphas));
         raw.insert(
             "modules_to_save".into(),
             if c.modules_to_save.is_empty() { Value::Null } else { c.modules_to_save.iter().cloned().map(Value::String).collect() },
