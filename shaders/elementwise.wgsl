@@ -3,7 +3,7 @@
 //   add, mul:  out[i] = a[i] (+|*) b[i % b_len]   (b's shape is a suffix of a's)
 //   axpy:      out[i] = alpha * a[i] + b[i]
 //   scale:     out[i] = alpha * a[i]
-//   gelu_erf, gelu_tanh, silu, sigmoid: activations of a[i]
+//   gelu_erf, gelu_tanh, silu, sigmoid, relu: activations of a[i]
 
 struct Params {
     n: u32,
@@ -91,5 +91,13 @@ fn sigmoid(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let i = index(gid, nwg);
     if (i < p.n) {
         out[i] = 1.0 / (1.0 + exp(-a[i]));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i < p.n) {
+        out[i] = max(a[i], 0.0);
     }
 }

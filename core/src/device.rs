@@ -152,6 +152,15 @@ impl Device {
         }
     }
 
+    /// Bytes uploaded to this device so far (GPU allocator statistics); `None` on the CPU, where
+    /// an upload shares the host data.
+    pub fn uploaded_bytes(&self) -> Option<u64> {
+        match self {
+            Device::Cpu(_) => None,
+            Device::Gpu(g) => Some(g.uploaded_bytes()),
+        }
+    }
+
     pub fn flush(&self) -> Result<()> {
         match self {
             Device::Cpu(b) => b.flush(),

@@ -53,6 +53,11 @@ pub enum Error {
     #[error("adapter '{adapter}': {reason}")]
     Adapter { adapter: String, reason: String },
 
+    /// A multi-task model problem that names the task: an unknown task in a request, or a task
+    /// whose description or tensors do not fit the model (see [`crate::multitask`]).
+    #[error("{model}: task '{task}': {reason}")]
+    Task { model: String, task: String, reason: String },
+
     #[error("{path}: {source}")]
     Io { path: String, #[source] source: std::io::Error },
 }
@@ -95,7 +100,8 @@ impl Error {
             | Error::InvalidParam { .. }
             | Error::DataLength { .. }
             | Error::File { .. }
-            | Error::Adapter { .. } => "BAD_INPUT",
+            | Error::Adapter { .. }
+            | Error::Task { .. } => "BAD_INPUT",
             Error::UnsupportedOp { .. } | Error::WrongDevice { .. } => "UNSUPPORTED",
             Error::NoAdapter(_) | Error::Gpu(_) => "DEVICE",
             Error::BufferTooLarge { .. } => "OUT_OF_MEMORY",

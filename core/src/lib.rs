@@ -23,6 +23,7 @@
 pub mod cpu;
 mod device;
 pub mod models;
+pub mod multitask;
 pub mod dtype;
 pub mod error;
 pub mod formats;

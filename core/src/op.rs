@@ -41,6 +41,8 @@ pub enum Op {
     Silu,
     /// `1 / (1 + exp(-x))` (MoE shared-expert gates, sigmoid routers).
     Sigmoid,
+    /// `max(x, 0)` (multi-task heads and MMoE experts).
+    Relu,
     /// Inputs `(table [V, C] f32/f16/bf16, ids [..] u32)` → `[.., C] f32`. Ids `>= V` give zero rows.
     Embedding,
     /// Rotary embedding, HF rotate-half convention, on `x [.., T, D]` with `positions [T] u32`
@@ -108,7 +110,7 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK, LoraShrink, LoraExpand);
+op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Relu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK, LoraShrink, LoraExpand);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -127,6 +129,7 @@ impl Op {
             Op::Gelu(_) => OpKind::Gelu,
             Op::Silu => OpKind::Silu,
             Op::Sigmoid => OpKind::Sigmoid,
+            Op::Relu => OpKind::Relu,
             Op::Embedding => OpKind::Embedding,
             Op::Rope { .. } => OpKind::Rope,
             Op::Attention { .. } => OpKind::Attention,
@@ -223,7 +226,7 @@ impl Op {
                 }
                 out(*x, DType::F32)
             }
-            Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid => {
+            Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid | Op::Relu => {
                 arity(1, 1, "1")?;
                 out(*f32_in(0)?, DType::F32)
             }

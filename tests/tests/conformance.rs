@@ -68,7 +68,7 @@ fn elementwise_cases(rng: &mut Rng, v: &mut Vec<Case>) {
         v.push(case(format!("scale {s:?}"), Op::Scale { alpha: -0.37 }, vec![f32s(rng, s, -4.0, 4.0)], 0.0, 1e-6));
         let (x, y) = (f32s(rng, s, -4.0, 4.0), f32s(rng, s, -4.0, 4.0));
         v.push(case(format!("axpy {s:?}"), Op::Axpy { alpha: 1.75 }, vec![x, y], 1e-6, 1e-6));
-        for op in [Op::Gelu(GeluKind::Erf), Op::Gelu(GeluKind::Tanh), Op::Silu, Op::Sigmoid] {
+        for op in [Op::Gelu(GeluKind::Erf), Op::Gelu(GeluKind::Tanh), Op::Silu, Op::Sigmoid, Op::Relu] {
             v.push(case(format!("{op:?} {s:?}"), op, vec![f32s(rng, s, -10.0, 10.0)], 1e-6, 2e-6));
         }
     }

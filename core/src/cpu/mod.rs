@@ -128,6 +128,7 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
         Op::Gelu(kind) => one(x(0).iter().map(|&v| elementwise::gelu(v, kind)).collect()),
         Op::Silu => one(x(0).iter().map(|&v| elementwise::silu(v)).collect()),
         Op::Sigmoid => one(x(0).iter().map(|&v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32).collect()),
+        Op::Relu => one(x(0).iter().map(|&v| v.max(0.0)).collect()),
         Op::Embedding => one(embed::embedding(&inputs[0].0, inputs[0].1, u32s(inputs[1].1))),
         Op::Rope { theta } => one(embed::rope(x(0), &inputs[0].0, u32s(inputs[1].1), theta)),
         Op::Attention { causal, scale } => {

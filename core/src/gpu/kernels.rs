@@ -142,7 +142,7 @@ impl Shader {
     pub fn entries(self) -> &'static [&'static str] {
         match self {
             Shader::Matmul => &["matmul"],
-            Shader::Elementwise => &["add", "mul", "axpy", "scale", "gelu_erf", "gelu_tanh", "silu", "sigmoid"],
+            Shader::Elementwise => &["add", "mul", "axpy", "scale", "gelu_erf", "gelu_tanh", "silu", "sigmoid", "relu"],
             Shader::Norm => &["softmax", "layer_norm", "rms_norm"],
             Shader::Embedding => &["embedding"],
             Shader::Rope => &["rope"],

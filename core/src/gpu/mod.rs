@@ -34,6 +34,8 @@ struct Inner {
     cache: Mutex<PipelineCache>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     dispatches: AtomicU64,
+    /// Bytes handed to `upload` so far (allocator statistics: what a model keeps resident).
+    uploaded: AtomicU64,
     /// Bound where a kernel's optional input is absent (WebGPU forbids zero-sized bindings).
     dummy: wgpu::Buffer,
     /// Errors wgpu reports out of band (validation, out of memory), surfaced at the next flush.
@@ -140,6 +142,7 @@ impl GpuBackend {
                 cache: Mutex::default(),
                 encoder: Mutex::new(None),
                 dispatches: AtomicU64::new(0),
+                uploaded: AtomicU64::new(0),
                 dummy,
                 error,
             }),
@@ -153,6 +156,11 @@ impl GpuBackend {
     /// Compute dispatches recorded since the backend was created (for benchmarks).
     pub fn dispatch_count(&self) -> u64 {
         self.inner.dispatches.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of buffers created by uploads since the backend was created (padded to 4 bytes).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.inner.uploaded.load(Ordering::Relaxed)
     }
 
     /// Pipelines compiled so far.
@@ -274,6 +282,7 @@ impl Backend for GpuBackend {
         self.check_size("upload", padded(bytes.len() as u64))?;
         let mut contents = bytes.to_vec();
         contents.resize(padded(bytes.len() as u64) as usize, 0);
+        self.inner.uploaded.fetch_add(contents.len() as u64, Ordering::Relaxed);
         let buf = self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,
             contents: &contents,

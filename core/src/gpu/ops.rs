@@ -77,7 +77,7 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let consts = matmul_constants(inputs[1].dtype.shader_code(), trans_b, tile);
             g.dispatch(Shader::Matmul, "matmul", &consts, &params, &[inb(0)?, inb(1)?, bias, ob], groups)?;
         }
-        Op::Add | Op::Mul | Op::Axpy { .. } | Op::Scale { .. } | Op::Gelu(_) | Op::Silu | Op::Sigmoid => {
+        Op::Add | Op::Mul | Op::Axpy { .. } | Op::Scale { .. } | Op::Gelu(_) | Op::Silu | Op::Sigmoid | Op::Relu => {
             let (entry, alpha) = match *op {
                 Op::Add => ("add", 0.0),
                 Op::Mul => ("mul", 0.0),
@@ -86,6 +86,7 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
                 Op::Gelu(GeluKind::Erf) => ("gelu_erf", 0.0),
                 Op::Gelu(GeluKind::Tanh) => ("gelu_tanh", 0.0),
                 Op::Sigmoid => ("sigmoid", 0.0),
+                Op::Relu => ("relu", 0.0),
                 _ => ("silu", 0.0),
             };
             let (b, b_len) = match inputs.get(1) {
