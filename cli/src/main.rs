@@ -7,6 +7,7 @@ mod demo;
 mod devices;
 mod inspect;
 mod lora;
+mod multitask;
 mod run;
 mod util;
 
@@ -28,9 +29,10 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Micro-benchmarks.
     Bench(bench::Args),
-    /// Self-check: a 256x256 matmul on the chosen device, compared with the CPU.
+    /// The embedded digits multi-task model on its samples, then a matmul self-check.
     Demo(demo::Args),
-    /// Run a Hugging Face model folder or a GGUF file: embeddings or streamed generation.
+    /// Run a Hugging Face model folder or a GGUF file (embeddings or streamed generation), or a
+    /// multi-task folder (taskloom.json): each task's prediction.
     Run(run::Args),
     /// LoRA adapters: fuse into a model folder, or combine several into one.
     Lora(lora::Args),

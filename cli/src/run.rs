@@ -1,5 +1,6 @@
 //! `taskloom run`: a Hugging Face folder or a GGUF file, on text or token ids. Encoders print the
 //! (pooled) embedding; decoders stream generated text. `--dump` writes activations as safetensors.
+//! A folder with `taskloom.json` is a multi-task model: see [`crate::multitask`].
 
 use crate::util::{open_device, parse_device};
 use crate::{CliError, CliResult};
@@ -56,6 +57,17 @@ pub struct Args {
     /// Fuse the adapters into the weights before running (else they run unfused).
     #[arg(long)]
     fuse: bool,
+    /// Multi-task models (a folder with taskloom.json): the tasks to run, comma-separated
+    /// (default: all). Only what these tasks need is loaded.
+    #[arg(long = "task", value_name = "NAME[,NAME...]", value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Multi-task models: the input. Text for text models; for image models comma-separated pixel
+    /// values (row-major) or a file holding them.
+    #[arg(long)]
+    input: Option<String>,
+    /// Multi-task models: also print the tokens routed to each expert, per task and MoE block.
+    #[arg(long)]
+    routing: bool,
 }
 
 /// `DIR[=SCALE]` → (DIR, SCALE); the scale defaults to 1. A path that itself contains '=' still
@@ -94,6 +106,11 @@ fn msg(m: impl Into<String>) -> CliError {
 }
 
 pub fn run(a: Args) -> CliResult {
+    if a.model.join(taskloom::multitask::spec::FILE).is_file() {
+        let input = a.input.clone().or(a.text.clone()).ok_or_else(|| msg("give --input (text, or pixels for an image model)"))?;
+        let tasks: Vec<&str> = a.tasks.iter().map(|s| s.as_str()).collect();
+        return crate::multitask::run(&crate::multitask::Request { model: &a.model, tasks: &tasks, input: &input, routing: a.routing, json: a.json, device: a.device });
+    }
     if a.text.is_none() && a.ids.is_none() {
         return Err(msg("give --text TEXT or --ids 1,2,3"));
     }
