@@ -53,6 +53,14 @@ pub enum Error {
     #[error("adapter '{adapter}': {reason}")]
     Adapter { adapter: String, reason: String },
 
+    /// A merge recipe that cannot be used: names the recipe file and, where known, the line or key.
+    #[error("{file}: {reason}")]
+    Recipe { file: String, reason: String },
+
+    /// A merge that cannot proceed on one tensor: names the tensor and the model(s) involved.
+    #[error("merge, tensor '{tensor}': {reason}")]
+    Merge { tensor: String, reason: String },
+
     #[error("{path}: {source}")]
     Io { path: String, #[source] source: std::io::Error },
 }
@@ -95,7 +103,9 @@ impl Error {
             | Error::InvalidParam { .. }
             | Error::DataLength { .. }
             | Error::File { .. }
-            | Error::Adapter { .. } => "BAD_INPUT",
+            | Error::Adapter { .. }
+            | Error::Recipe { .. }
+            | Error::Merge { .. } => "BAD_INPUT",
             Error::UnsupportedOp { .. } | Error::WrongDevice { .. } => "UNSUPPORTED",
             Error::NoAdapter(_) | Error::Gpu(_) => "DEVICE",
             Error::BufferTooLarge { .. } => "OUT_OF_MEMORY",

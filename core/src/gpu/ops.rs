@@ -186,6 +186,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let ib = buffer(&out[1])?;
             g.dispatch(Shader::TopK, "topk", &[], &params, &[inb(0)?, ob, ib], g.grid(x.rows(), 1)?)?;
         }
+        Op::MagnitudeMask | Op::RandomMask { .. } | Op::DellaMask { .. } | Op::MaskedRescale { .. } | Op::TaskMerge { .. } => {
+            super::merge::encode(g, op, inputs, &out)?;
+        }
     }
     Ok(out)
 }
