@@ -17,6 +17,10 @@ pub enum Shader {
     ExpertMatmul,
     MoeRoute,
     TopK,
+    MergeSelect,
+    MergeRandom,
+    MergeRescale,
+    MergeCombine,
 }
 
 /// How a binding is declared in the shader. Binding 0 is always the `Params` uniform.
@@ -67,7 +71,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 11] = [
+    pub const ALL: [Shader; 15] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -79,6 +83,10 @@ impl Shader {
         Shader::ExpertMatmul,
         Shader::MoeRoute,
         Shader::TopK,
+        Shader::MergeSelect,
+        Shader::MergeRandom,
+        Shader::MergeRescale,
+        Shader::MergeCombine,
     ];
 
     /// The file stem in `shaders/`.
@@ -95,6 +103,10 @@ impl Shader {
             Shader::ExpertMatmul => "expert_matmul",
             Shader::MoeRoute => "moe_route",
             Shader::TopK => "topk",
+            Shader::MergeSelect => "merge_select",
+            Shader::MergeRandom => "merge_random",
+            Shader::MergeRescale => "merge_rescale",
+            Shader::MergeCombine => "merge_combine",
         }
     }
 
@@ -112,6 +124,10 @@ impl Shader {
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::ExpertMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/expert_matmul.wgsl")),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
+            Shader::MergeSelect => include_str!("../../../shaders/merge_select.wgsl"),
+            Shader::MergeRandom => include_str!("../../../shaders/merge_random.wgsl"),
+            Shader::MergeRescale => include_str!("../../../shaders/merge_rescale.wgsl"),
+            Shader::MergeCombine => include_str!("../../../shaders/merge_combine.wgsl"),
         }
     }
 
@@ -128,6 +144,10 @@ impl Shader {
             Shader::ExpertMatmul => &["expert_matmul"],
             Shader::MoeRoute => &["moe_route"],
             Shader::TopK => &["topk"],
+            Shader::MergeSelect => &["sel_init", "sel_hist", "sel_pick", "sel_mask"],
+            Shader::MergeRandom => &["random_mask", "della_mask"],
+            Shader::MergeRescale => &["rescale_partial", "rescale_factor", "rescale_apply"],
+            Shader::MergeCombine => &["task_merge"],
         }
     }
 
@@ -143,6 +163,10 @@ impl Shader {
             Shader::ExpertMatmul => &[Read, Read, Read, ReadWrite],
             Shader::MoeRoute => &[Read, Read, ReadWrite, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
+            Shader::MergeSelect => &[Read, Read, ReadWrite, ReadWrite],
+            Shader::MergeRandom => &[Read, Read, ReadWrite],
+            Shader::MergeRescale => &[Read, Read, Read, ReadWrite, ReadWrite],
+            Shader::MergeCombine => &[Read, Read, Read, ReadWrite],
         }
     }
 

@@ -5,7 +5,9 @@
 //! Natively, [`DirSink`] writes into a hidden sibling folder and renames it to the output folder
 //! only when the merge succeeded, so a failed merge leaves no partial output behind.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::error::Error;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
