@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod devices;
 mod inspect;
+mod merge;
 mod run;
 mod util;
 
@@ -31,6 +32,8 @@ enum Cmd {
     Demo(demo::Args),
     /// Run a Hugging Face model folder or a GGUF file: embeddings or streamed generation.
     Run(run::Args),
+    /// Merge models with a mergekit YAML recipe into a Hugging Face folder.
+    Merge(merge::Args),
 }
 
 /// Why a command failed: a core error, or a message of the CLI's own (bad path, mismatch, ...).
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Run(a) => run::run(a),
+        Cmd::Merge(a) => merge::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

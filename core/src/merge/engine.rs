@@ -163,7 +163,9 @@ pub async fn run(
                 let (m, name) = &job.inputs[job.base.unwrap_or(0)];
                 let (st, _) = models[*m].info(name).expect("checked in entry()");
                 summary.bytes_read += e.bytes;
-                st.bytes(name)?.to_vec()
+                let b = st.bytes(name)?.to_vec();
+                st.release(name);
+                b
             };
             sink.write(&bytes)?;
             summary.tensors += 1;
@@ -255,6 +257,7 @@ async fn compute(
         let bytes = st.bytes(name)?;
         *read += bytes.len() as u64;
         decode(bytes, &info.dtype, through, out);
+        st.release(name);
         Ok(())
     };
     let one = |k: usize, read: &mut u64| -> Result<Vec<f32>> {

@@ -54,7 +54,7 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
     let thetas_t = dev.upload(&TensorData::f32(&[r, n], thetas)?)?;
     let neg = dev.exec1(&Op::Scale { alpha: -1.0 }, &[&base_t])?;
     let raw = dev.exec1(&Op::Add, &[&thetas_t, &neg])?;
-    drop(thetas_t);
+    drop((thetas_t, neg));
     let peft = a.semantics == Semantics::Peft;
     let f32s = |v: Vec<f32>, dims: &[usize]| -> Result<crate::Tensor> { dev.upload(&TensorData::f32(dims, v)?) };
     let deltas = match a.gta.sparsify {
@@ -109,6 +109,8 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
             dev.exec1(&Op::MaskedRescale { l1: a.rescale && !peft }, &[&raw, &mask, &scale])?
         }
     };
+    // Only TALL reads the raw task vectors again: free them before the merge otherwise.
+    let raw = if a.tall || a.consensus_k > 0 { Some(raw) } else { None };
     let consensus = if a.gta.consensus { Consensus::Sum } else { Consensus::None };
     let op = Op::TaskMerge {
         consensus,
@@ -119,9 +121,15 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
     };
     let w = f32s(a.rows.iter().map(|row| row.weight as f32).collect(), &[r])?;
     let out = dev.exec1(&op, &[&base_t, &deltas, &w])?;
-    let mut merged = dev.download(&out).await?.as_f32()?.to_vec();
+    drop(deltas);
+    let downloaded = dev.download(&out).await?;
+    drop(out);
+    let mut merged = match downloaded.into_data() {
+        crate::tensor::HostData::F32(v) => v,
+        other => return Err(merr(format!("TaskMerge returned {} data", other.dtype()))),
+    };
     let mut tall_masks = Vec::new();
-    if a.tall || a.consensus_k > 0 {
+    if let Some(raw) = raw {
         let raw = dev.download(&raw).await?;
         let base = dev.download(&base_t).await?;
         let (raw, base) = (raw.as_f32()?, base.as_f32()?);
