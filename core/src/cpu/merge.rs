@@ -19,7 +19,7 @@ fn rows<T: Send>(out: &mut [T], n: usize, f: impl Fn(usize, &mut [T]) + Sync + S
     out.chunks_mut(n).enumerate().for_each(|(r, o)| f(r, o));
 }
 
-pub(super) fn magnitude_mask(x: &[f32], n: usize, ranks: &[u32]) -> Vec<u32> {
+pub(crate) fn magnitude_mask(x: &[f32], n: usize, ranks: &[u32]) -> Vec<u32> {
     let mut out = vec![0u32; x.len()];
     rows(&mut out, n, |r, o| {
         let m = rank_range_mask(&x[r * n..(r + 1) * n], ranks[2 * r] as usize, ranks[2 * r + 1] as usize);
@@ -28,7 +28,7 @@ pub(super) fn magnitude_mask(x: &[f32], n: usize, ranks: &[u32]) -> Vec<u32> {
     out
 }
 
-pub(super) fn random_mask(n: usize, rows_n: usize, p: &[f32], seed: u64, key: u32) -> Vec<u32> {
+pub(crate) fn random_mask(n: usize, rows_n: usize, p: &[f32], seed: u64, key: u32) -> Vec<u32> {
     let mut out = vec![0u32; rows_n * n];
     rows(&mut out, n, |r, o| {
         for (j, o) in o.iter_mut().enumerate() {
@@ -39,7 +39,7 @@ pub(super) fn random_mask(n: usize, rows_n: usize, p: &[f32], seed: u64, key: u3
 }
 
 /// `x [R, G, C]`: each group of C is ranked by (|x|, index) ascending.
-pub(super) fn della_mask(x: &[f32], g: usize, c: usize, p: &[f32], seed: u64, key: u32) -> Vec<u32> {
+pub(crate) fn della_mask(x: &[f32], g: usize, c: usize, p: &[f32], seed: u64, key: u32) -> Vec<u32> {
     let mut out = vec![0u32; x.len()];
     rows(&mut out, c, |row, o| {
         let r = row / g.max(1);
@@ -55,7 +55,7 @@ pub(super) fn della_mask(x: &[f32], g: usize, c: usize, p: &[f32], seed: u64, ke
     out
 }
 
-pub(super) fn masked_rescale(x: &[f32], mask: &[u32], n: usize, scale: &[f32], l1: bool) -> Vec<f32> {
+pub(crate) fn masked_rescale(x: &[f32], mask: &[u32], n: usize, scale: &[f32], l1: bool) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     rows(&mut out, n, |r, o| {
         let (xr, mr) = (&x[r * n..(r + 1) * n], &mask[r * n..(r + 1) * n]);
@@ -76,7 +76,7 @@ pub(super) fn masked_rescale(x: &[f32], mask: &[u32], n: usize, scale: &[f32], l
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn task_merge(
+pub(crate) fn task_merge(
     base: &[f32],
     deltas: &[f32],
     weights: &[f32],

@@ -6,7 +6,7 @@ mod attention;
 mod elementwise;
 mod embed;
 pub mod matmul;
-mod merge;
+pub(crate) mod merge;
 mod norm;
 mod topk;
 

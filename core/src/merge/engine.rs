@@ -68,7 +68,10 @@ fn flag(v: &BTreeMap<&'static str, Scalar>, k: &str) -> bool {
 /// recipe's `dtype`, as mergekit casts its inputs).
 fn decode(bytes: &[u8], dtype: &str, through: Option<DType>, out: &mut Vec<f32>) {
     match dtype {
-        "F32" => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        "F32" => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(v) => out.extend_from_slice(v),
+            Err(_) => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        },
         "F16" => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
         _ => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
     }
@@ -158,6 +161,14 @@ pub async fn run(
                     tall.push((format!("{}:{k}", job.name), packbits(&m), m.len()));
                 }
                 let dt = DType::ALL.into_iter().find(|d| d.safetensors_name() == e.dtype).unwrap_or(DType::F32);
+                if dt == DType::F32 {
+                    // Written straight from the f32 buffer: no byte copy.
+                    sink.write(bytemuck::cast_slice(&v))?;
+                    summary.tensors += 1;
+                    summary.bytes_written += e.bytes;
+                    on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
+                    continue;
+                }
                 encode(&v, dt)
             } else {
                 let (m, name) = &job.inputs[job.base.unwrap_or(0)];

@@ -47,6 +47,9 @@ pub struct Output {
 
 /// `base [N]`, `thetas [R·N]` (the non-base inputs, row by row).
 pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -> Result<Output> {
+    if let Device::Cpu(_) = dev {
+        return run_host(a, base, thetas);
+    }
     let n = base.len();
     let r = a.rows.len();
     let merr = |reason: String| Error::Merge { tensor: a.name.to_string(), reason };
@@ -128,11 +131,78 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
         crate::tensor::HostData::F32(v) => v,
         other => return Err(merr(format!("TaskMerge returned {} data", other.dtype()))),
     };
+    let tall_masks = match raw {
+        Some(raw) => {
+            let raw = dev.download(&raw).await?;
+            let base = dev.download(&base_t).await?;
+            tall(a, raw.as_f32()?, base.as_f32()?, &mut merged)
+        }
+        None => Vec::new(),
+    };
+    Ok(Output { merged, tall_masks })
+}
+
+/// The same pipeline on the host without the device round trips (no upload / download copies):
+/// the very functions the CPU ops run, so results equal `Device::Cpu` exactly.
+fn run_host(a: &Args<'_>, base: Vec<f32>, mut raw: Vec<f32>) -> Result<Output> {
+    use crate::cpu::merge as k;
+    let n = base.len();
+    let r = a.rows.len();
+    let merr = |reason: String| Error::Merge { tensor: a.name.to_string(), reason };
+    // θ + (−b) is θ − b exactly, as the device path's Scale + Add computes it.
+    raw.chunks_mut(n.max(1)).for_each(|row| row.iter_mut().zip(&base).for_each(|(t, b)| *t -= b));
+    let peft = a.semantics == Semantics::Peft;
+    let keep_raw = a.tall || a.consensus_k > 0;
+    let deltas = match a.gta.sparsify {
+        None => raw.clone(),
+        Some(kind) => {
+            let mask = if a.rows.iter().any(|row| row.mask.is_some()) {
+                let mut m = Vec::with_capacity(r * n);
+                for (i, row) in a.rows.iter().enumerate() {
+                    match &row.mask {
+                        Some(v) => m.extend_from_slice(v),
+                        None if row.density >= 1.0 => m.extend(std::iter::repeat_n(1u32, n)),
+                        None => return Err(merr(format!("the imported masks have none for input row {i} (density {})", row.density))),
+                    }
+                }
+                m
+            } else {
+                match kind {
+                    Sparsify::Magnitude | Sparsify::Outliers => {
+                        let ranks: Vec<u32> = a.rows.iter().flat_map(|row| { let (lo, hi) = rank_band(kind, n, row.density, row.gamma); [lo as u32, hi as u32] }).collect();
+                        k::magnitude_mask(&raw, n, &ranks)
+                    }
+                    Sparsify::Random => {
+                        let p: Vec<f32> = a.rows.iter().map(|row| if row.density >= 1.0 { 1.0 } else { row.density as f32 }).collect();
+                        k::random_mask(n, r, &p, a.seed, tensor_key(a.name))
+                    }
+                    Sparsify::Della => {
+                        let (g, c) = della_groups(a.dims).ok_or_else(|| merr(format!("della ranks along dimension 1; tensors of rank {} are not supported", a.dims.len())))?;
+                        let p: Vec<f32> = a.rows.iter().flat_map(|row| della_probs(row.density, row.epsilon, c)).collect();
+                        k::della_mask(&raw, g, c, &p, a.seed, tensor_key(a.name))
+                    }
+                }
+            };
+            let random = matches!(kind, Sparsify::Random | Sparsify::Della);
+            let scale: Vec<f32> = a.rows.iter().map(|row| if peft && random && a.rescale && row.density < 1.0 { (1.0 / row.density) as f32 } else { 1.0 }).collect();
+            k::masked_rescale(&raw, &mask, n, &scale, a.rescale && !peft)
+        }
+    };
+    let raw = if keep_raw { raw } else { drop(raw); Vec::new() };
+    let w: Vec<f32> = a.rows.iter().map(|row| row.weight as f32).collect();
+    let consensus = if a.gta.consensus { Consensus::Sum } else { Consensus::None };
+    let normalize = if peft { a.gta.consensus } else { a.normalize };
+    let mut merged = k::task_merge(&base, &deltas, &w, consensus, !peft, peft && a.gta.consensus, normalize, a.lambda as f32);
+    drop(deltas);
+    let tall_masks = if keep_raw { tall(a, &raw, &base, &mut merged) } else { Vec::new() };
+    Ok(Output { merged, tall_masks })
+}
+
+/// TALL masks of every row, and Consensus applied to `merged` when asked.
+fn tall(a: &Args<'_>, raw: &[f32], base: &[f32], merged: &mut [f32]) -> Vec<Vec<bool>> {
+    let n = base.len();
     let mut tall_masks = Vec::new();
-    if let Some(raw) = raw {
-        let raw = dev.download(&raw).await?;
-        let base = dev.download(&base_t).await?;
-        let (raw, base) = (raw.as_f32()?, base.as_f32()?);
+    {
         for (i, row) in a.rows.iter().enumerate() {
             let lam = row.tall_lambda as f32;
             let tau = &raw[i * n..(i + 1) * n];
@@ -141,13 +211,13 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
         }
         if a.consensus_k > 0 {
             for (j, m) in merged.iter_mut().enumerate() {
-                if tall_masks.iter().filter(|t| t[j]).count() < a.consensus_k {
+                if tall_masks.iter().filter(|t: &&Vec<bool>| t[j]).count() < a.consensus_k {
                     *m = base[j];
                 }
             }
         }
     }
-    Ok(Output { merged, tall_masks })
+    tall_masks
 }
 
 /// The band of descending-magnitude ranks kept: `[0, k)` for TIES (`k = max(1, ⌊ρn⌋)`), and for
