@@ -91,6 +91,10 @@ export interface LoadProgress {
 export interface ModelLoadOptions {
   device?: "auto" | "webgpu" | "cpu";
   onProgress?: (p: LoadProgress) => void;
+  /** Multi-task models: load only what these tasks need (default: all). */
+  tasks?: string[];
+  /** Multi-task models with an hf trunk: the trunk's folder (any model source). */
+  trunk?: ModelSource;
 }
 
 export interface GenerateOptions {
@@ -134,11 +138,33 @@ export type ModelSource =
   | Record<string, ArrayBuffer | Uint8Array>;
 
 /** A Hugging Face encoder (BERT family) or Llama-family decoder, or a GGUF file. */
+/** One task's prediction (a token-level task gives one per token). */
+export interface TaskOutput {
+  /** Classification: the top label, its index and its softmax probability. */
+  label?: string;
+  index?: number;
+  score?: number;
+  /** Classification: the logits; regression: the values. */
+  values: number[];
+  /** Classification: softmax of the logits. */
+  probs?: number[];
+}
+
 export class Model {
   private constructor();
   static load(source: ModelSource, opts?: ModelLoadOptions): Promise<Model>;
-  readonly kind: "encoder" | "decoder";
+  readonly kind: "encoder" | "decoder" | "multitask";
   readonly device: "webgpu" | "cpu";
+  /** Multi-task models: runs `opts.tasks` (default: all loaded) on one input → `{ [task]: output }`. */
+  run(input: string | ArrayLike<number>, opts?: { tasks?: string[] }): Promise<Record<string, TaskOutput | TaskOutput[]>>;
+  /** Multi-task models: tokens routed to each expert by the last `run`, per task and MoE block. */
+  routingStats(): Record<string, Record<string, number[]>>;
+  /** Multi-task models: bytes on the device for the loaded tasks. */
+  residentBytes(): number;
+  /** Multi-task models: bytes the model loaded for every task would hold. */
+  allTasksBytes(): number;
+  /** Multi-task models: the loaded tasks. */
+  readonly tasks: string[];
   /** Token ids of `text` with the model's tokenizer. */
   encode(text: string): number[];
   /** Logits for every position of `ids` (decoders), from a fresh KV cache. */

@@ -251,8 +251,48 @@ async function gatherFiles(source, onProgress, wanted = HF_FILES) {
   throw new TaskloomError("BAD_INPUT", `model source must be a URL, files, a directory handle or an object of buffers, got ${describe(source)}`);
 }
 
+const TASKLOOM_JSON = "taskloom.json";
+
 /**
- * A Hugging Face model (an encoder such as MiniLM, or a Llama-family decoder) or a GGUF file.
+ * A model's files; for a multi-task folder (`taskloom.json`) from a URL: taskloom.json first, then
+ * the files its `weights` names, and for an `hf` trunk that folder's files under `trunk/` — from
+ * `opts.trunk` (any source) or, for a relative `path`, fetched beside taskloom.json.
+ */
+async function gatherModel(source, opts) {
+  const onProgress = opts?.onProgress;
+  let files;
+  if ((typeof source === "string" || source instanceof URL) && !String(source).endsWith(".gguf")) {
+    const base = String(source);
+    const root = new URL(base.endsWith("/") ? base : base + "/", globalThis.location?.href);
+    const spec = await fetchBytes(new URL(TASKLOOM_JSON, root), TASKLOOM_JSON, onProgress, true);
+    if (!spec) return gatherFiles(source, onProgress);
+    let parsed;
+    try {
+      parsed = JSON.parse(new TextDecoder().decode(spec));
+    } catch (e) {
+      throw new TaskloomError("BAD_INPUT", `${TASKLOOM_JSON}: ${e.message}`);
+    }
+    files = { [TASKLOOM_JSON]: spec };
+    for (const name of Array.isArray(parsed.weights) ? parsed.weights : []) {
+      files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
+    }
+    const trunk = parsed.trunk?.type === "hf" ? parsed.trunk.path : null;
+    if (trunk && !opts?.trunk && !String(trunk).includes("${")) {
+      for (const [k, v] of Object.entries(await gatherFiles(new URL(trunk, root).href, onProgress))) files[`trunk/${k}`] = v;
+    }
+  } else {
+    files = await gatherFiles(source, onProgress);
+  }
+  if (opts?.trunk && files[TASKLOOM_JSON]) {
+    for (const [k, v] of Object.entries(await gatherFiles(opts.trunk, onProgress))) files[`trunk/${k}`] = v;
+  }
+  return files;
+}
+
+/**
+ * A Hugging Face model (an encoder such as MiniLM, or a Llama-family decoder), a GGUF file, or a
+ * multi-task folder (`taskloom.json`; `opts.tasks` loads only what those tasks need, `opts.trunk`
+ * gives an hf trunk's folder).
  * `await Model.load(source, { device, onProgress })`; `source`: a URL (folder base or .gguf), a
  * FileList / File[] / directory handle, or `{ "config.json": ArrayBuffer, ... }`.
  */
@@ -265,8 +305,38 @@ export class Model {
 
   static async load(source, opts = {}) {
     await init();
-    const files = await call(() => gatherFiles(source, opts?.onProgress));
-    return new Model(await call(() => RawModel.load(files, { device: opts?.device ?? "auto" })));
+    const files = await call(() => gatherModel(source, opts));
+    return new Model(await call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks })));
+  }
+
+  /**
+   * Multi-task models: runs `opts.tasks` (default: every loaded task) on one input — text, or an
+   * array of pixel values — and resolves to `{ [task]: output }`.
+   */
+  async run(input, opts = {}) {
+    const raw = this.#self();
+    const x = typeof input === "string" ? input : Array.from(input ?? []);
+    return await call(() => raw.run(x, { tasks: opts?.tasks }));
+  }
+
+  /** Multi-task models: tokens per expert of the last `run`: `{ task: { block: counts } }`. */
+  routingStats() {
+    return call(() => this.#self().routingStats());
+  }
+
+  /** Multi-task models: bytes on the device for the loaded tasks. */
+  residentBytes() {
+    return call(() => this.#self().residentBytes());
+  }
+
+  /** Multi-task models: bytes the same model loaded for every task would hold. */
+  allTasksBytes() {
+    return call(() => this.#self().allTasksBytes());
+  }
+
+  /** Multi-task models: the loaded tasks. */
+  get tasks() {
+    return Array.from(this.#self().tasks());
   }
 
   #self() {

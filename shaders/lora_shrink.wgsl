@@ -1,8 +1,9 @@
 // Multi-LoRA shrink (Punica's BGMV "shrink"): v[m, k, r] = sum_i a[sel[m, k], r, i] * x[m, i], and
 // zeros where sel[m, k] >= N (an empty slot). One workgroup per (block of WG / LANES ranks, pick
 // (m, k)) = workgroup_id (x, y + z * num_workgroups.y). LANES threads share one rank r: each walks In
-// with stride LANES (neighbouring lanes read neighbouring weights), then the lanes' partial sums are
-// added in workgroup memory. Each pick reads its own adapter where `sel` points, so a batch costs the
+// with stride LANES (neighbouring lanes read neighbouring weights), then the rank's first lane adds
+// the LANES partial sums from workgroup memory: one barrier, not a log2(LANES)-step tree (each
+// barrier is a coroutine switch per SIMD slice on lavapipe, and the serial sum is only LANES adds). Each pick reads its own adapter where `sel` points, so a batch costs the
 // same whether its rows share one adapter or use different ones: no sort, no bucketing, no readback.
 
 struct Params {
@@ -53,13 +54,11 @@ fn lora_shrink(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     part[lid] = acc;
     workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            part[lid] += part[lid + s];
-        }
-        workgroupBarrier();
-    }
     if (lane == 0u && r < p.rank) {
-        out[pick * p.rank + r] = part[lid];
+        var sum = 0.0;
+        for (var j = 0u; j < LANES; j++) {
+            sum += part[lid + j];
+        }
+        out[pick * p.rank + r] = sum;
     }
 }

@@ -92,7 +92,8 @@ pub enum Op {
     /// N adapters' A stacked, zero-padded to a common rank R) and `sel [M, K] u32` (the adapter of
     /// each of a row's K slots) → `v [M, K, R] f32` with `v[m, k, r] = Σ_i a[sel[m, k], r, i] · x[m, i]`.
     /// A slot whose index is `>= N` — [`LORA_EMPTY`] marks an empty slot on purpose — gives zeros,
-    /// on every backend (like [`Op::Embedding`]: a kernel cannot report a bad index).
+    /// on every backend (like [`Op::Embedding`]: a kernel cannot report a bad index). The GPU
+    /// backend takes R and K up to 16384 (`UnsupportedOp` above), for both LoRA ops.
     LoraShrink,
     /// Multi-LoRA "expand", the second half of [`Op::LoraShrink`]: inputs `y [.., Out] f32` (M rows),
     /// `v [M, K, R] f32`, `b [N, Out, R]` (f32/f16/bf16: the adapters' B, zero-padded to rank R),

@@ -439,5 +439,11 @@ fn bad_op_inputs_are_typed_errors_on_every_device() {
         ] {
             assert_eq!(dev.exec(&Op::LoraExpand, &ins).expect_err(what).code(), "BAD_INPUT", "lora_expand {what}");
         }
+        if matches!(dev, Device::Gpu(_)) {
+            // Past the GPU kernels' rank limit: refused as unsupported, not run wrong.
+            let (x1, a_big) = (t(&[1, 1]), t(&[1, 16385, 1]));
+            let sel1 = dev.upload(&TensorData::u32(&[1, 1], vec![0]).unwrap()).unwrap();
+            assert_eq!(dev.exec(&Op::LoraShrink, &[&x1, &a_big, &sel1]).expect_err("rank 16385").code(), "UNSUPPORTED");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `Model`: a Hugging Face folder (an encoder such as MiniLM, or a Llama-family decoder) or a GGUF
 //! file, handed over as bytes by the JS facade (which fetches URLs, reads `File`s, reports
-//! progress). Type conversion only; the work is in `taskloom::models`.
+//! progress). Type conversion only; the work is in `taskloom::models`. A file set with
+//! `taskloom.json` is a multi-task model (`taskloom::multitask`); an hf trunk's files come under
+//! `trunk/` in the same object.
 
 use crate::{bad_input, choose_device, core_err, opt_field};
 use std::collections::BTreeMap;
@@ -11,12 +13,39 @@ use taskloom::models::generate::Sampling;
 use taskloom::lora::runtime::Mix;
 use taskloom::lora::Adapter;
 use taskloom::models::hf::{Encoder, Files, MemFiles};
+use taskloom::multitask::{Input, MultiTask, Routing};
 use wasm_bindgen::prelude::*;
 
 #[allow(clippy::large_enum_variant)] // one per loaded model
 enum Kind {
     Encoder(Encoder),
     Decoder(CausalLm),
+    /// With the routing statistics of the last `run`.
+    MultiTask(Box<MultiTask>, std::cell::RefCell<Routing>),
+}
+
+fn unsupported(what: &str) -> JsError {
+    crate::js_err("UNSUPPORTED", format!("{what} is not available on a multi-task model"))
+}
+
+fn to_js(v: &impl serde::Serialize) -> Result<JsValue, JsError> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| crate::js_err("INTERNAL", e))
+}
+
+/// `opts.tasks`: an array of task names, or absent (all loaded tasks).
+fn tasks_opt(opts: &JsValue) -> Result<Option<Vec<String>>, JsError> {
+    match opt_field(opts, "tasks")? {
+        None => Ok(None),
+        Some(v) => {
+            if let Some(s) = v.as_string() {
+                return Ok(Some(vec![s]));
+            }
+            if !js_sys::Array::is_array(&v) {
+                return Err(bad_input("options.tasks must be an array of task names"));
+            }
+            js_sys::Array::from(&v).iter().map(|t| t.as_string().ok_or_else(|| bad_input("options.tasks must hold strings"))).collect::<Result<Vec<_>, _>>().map(Some)
+        }
+    }
 }
 
 #[wasm_bindgen]
@@ -97,6 +126,7 @@ impl Model {
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.add_adapter(&e.device, ad),
             Kind::Decoder(d) => d.model.add_adapter(&d.device, ad),
+            Kind::MultiTask(..) => return Err(unsupported("addAdapter()")),
         }
         .map_err(core_err)
     }
@@ -106,6 +136,7 @@ impl Model {
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.remove_adapter(&e.device, &name),
             Kind::Decoder(d) => d.model.remove_adapter(&d.device, &name),
+            Kind::MultiTask(..) => return Err(unsupported("removeAdapter()")),
         }
         .map_err(core_err)
     }
@@ -117,6 +148,7 @@ impl Model {
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.set_adapters(mix),
             Kind::Decoder(d) => d.model.set_adapters(mix),
+            Kind::MultiTask(..) => return Err(unsupported("setAdapters()")),
         }
         .map_err(core_err)
     }
@@ -126,6 +158,7 @@ impl Model {
         match &self.kind {
             Kind::Encoder(e) => e.bert.lora.names(),
             Kind::Decoder(d) => d.model.lora.names(),
+            Kind::MultiTask(..) => Vec::new(),
         }
     }
 
@@ -134,6 +167,7 @@ impl Model {
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.fuse(&e.device),
             Kind::Decoder(d) => d.model.fuse(&d.device),
+            Kind::MultiTask(..) => return Err(unsupported("fuse()")),
         }
         .map_err(core_err)
     }
@@ -143,6 +177,7 @@ impl Model {
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.unfuse(),
             Kind::Decoder(d) => d.model.unfuse(),
+            Kind::MultiTask(..) => return Err(unsupported("unfuse()")),
         }
         .map_err(core_err)
     }
@@ -164,7 +199,7 @@ impl Model {
     pub fn labels(&self) -> Vec<String> {
         match &self.kind {
             Kind::Encoder(e) => e.bert.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
-            Kind::Decoder(_) => Vec::new(),
+            Kind::Decoder(_) | Kind::MultiTask(..) => Vec::new(),
         }
     }
 
@@ -179,6 +214,15 @@ impl Model {
             let lm = CausalLm::from_gguf(Gguf::from_bytes(name, bytes).map_err(core_err)?, device).map_err(core_err)?;
             return Ok(Model { kind: Kind::Decoder(lm) });
         }
+        if files.contains_key(taskloom::multitask::spec::FILE) {
+            let (trunk, own): (BTreeMap<_, _>, BTreeMap<_, _>) = files.into_iter().partition(|(k, _)| k.starts_with("trunk/"));
+            let trunk = MemFiles(trunk.into_iter().map(|(k, v)| (k["trunk/".len()..].to_string(), v)).collect());
+            let tasks = tasks_opt(&opts)?;
+            let names: Option<Vec<&str>> = tasks.as_ref().map(|t| t.iter().map(|s| s.as_str()).collect());
+            let trunk_ref: Option<&dyn Files> = if trunk.0.is_empty() { None } else { Some(&trunk) };
+            let m = MultiTask::load(&MemFiles(own), trunk_ref, device, names.as_deref()).map_err(core_err)?;
+            return Ok(Model { kind: Kind::MultiTask(Box::new(m), Default::default()) });
+        }
         let mem = MemFiles(files);
         let cfg = mem.read("config.json").map_err(core_err)?.ok_or_else(|| bad_input("model files lack config.json (or a .gguf file)"))?;
         let kind = match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg)).map_err(core_err)? {
@@ -188,12 +232,63 @@ impl Model {
         Ok(Model { kind })
     }
 
-    /// "encoder" or "decoder".
+    /// "encoder", "decoder" or "multitask".
     #[wasm_bindgen(getter)]
     pub fn kind(&self) -> String {
         match self.kind {
             Kind::Encoder(_) => "encoder".into(),
             Kind::Decoder(_) => "decoder".into(),
+            Kind::MultiTask(..) => "multitask".into(),
+        }
+    }
+
+    /// Multi-task models: runs `opts.tasks` (default: every loaded task) on one input (text, or an
+    /// array of pixel values) → `{ [task]: { label, index, score, values, probs } }`, or for a
+    /// token-level task an array of those.
+    pub async fn run(&self, input: JsValue, opts: JsValue) -> Result<JsValue, JsError> {
+        let Kind::MultiTask(m, routing) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "run() needs a multi-task model (taskloom.json)")) };
+        let input = if let Some(s) = input.as_string() {
+            Input::Text(s)
+        } else if js_sys::Array::is_array(&input) || input.is_instance_of::<js_sys::Float32Array>() || input.is_instance_of::<js_sys::Uint8Array>() || input.is_instance_of::<js_sys::Float64Array>() {
+            let arr = js_sys::Array::from(&input);
+            Input::Image(arr.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| bad_input("pixel values must be numbers"))).collect::<Result<_, _>>()?)
+        } else {
+            return Err(bad_input("input must be a string (text models) or an array of pixel values (image models)"));
+        };
+        let tasks = tasks_opt(&opts)?;
+        let names: Option<Vec<&str>> = tasks.as_ref().map(|t| t.iter().map(|s| s.as_str()).collect());
+        let out = m.run(std::slice::from_ref(&input), names.as_deref()).await.map_err(core_err)?;
+        *routing.borrow_mut() = out.routing;
+        to_js(&out.outputs[0])
+    }
+
+    /// Multi-task models: tokens per expert of the last `run`: `{ task: { block: [count per expert] } }`.
+    #[wasm_bindgen(js_name = routingStats)]
+    pub fn routing_stats(&self) -> Result<JsValue, JsError> {
+        let Kind::MultiTask(_, routing) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "routingStats() needs a multi-task model")) };
+        let routing = routing.borrow();
+        let r: BTreeMap<&String, BTreeMap<String, &Vec<u64>>> = routing.iter().map(|(t, b)| (t, b.iter().map(|(k, v)| (k.to_string(), v)).collect())).collect();
+        to_js(&r)
+    }
+
+    /// Multi-task models: bytes uploaded for the loaded tasks (`allTasksBytes()`: for every task).
+    #[wasm_bindgen(js_name = residentBytes)]
+    pub fn resident_bytes(&self) -> Result<f64, JsError> {
+        let Kind::MultiTask(m, _) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "residentBytes() needs a multi-task model")) };
+        Ok(m.resident_bytes() as f64)
+    }
+
+    #[wasm_bindgen(js_name = allTasksBytes)]
+    pub fn all_tasks_bytes(&self) -> Result<f64, JsError> {
+        let Kind::MultiTask(m, _) = &self.kind else { return Err(crate::js_err("UNSUPPORTED", "allTasksBytes() needs a multi-task model")) };
+        Ok(m.all_tasks_bytes() as f64)
+    }
+
+    /// Multi-task models: the loaded tasks.
+    pub fn tasks(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::MultiTask(m, _) => m.tasks().to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -203,6 +298,7 @@ impl Model {
         let d = match &self.kind {
             Kind::Encoder(e) => &e.device,
             Kind::Decoder(d) => &d.device,
+            Kind::MultiTask(m, _) => &m.device,
         };
         if d.kind() == "gpu" { "webgpu".into() } else { "cpu".into() }
     }
@@ -212,6 +308,7 @@ impl Model {
         let tok = match &self.kind {
             Kind::Encoder(e) => &e.tokenizer,
             Kind::Decoder(d) => &d.tokenizer,
+            Kind::MultiTask(..) => return Err(unsupported("encode()")),
         };
         tok.encode(text).map(|e| e.ids).map_err(core_err)
     }

@@ -173,12 +173,14 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             Ok(vec![TensorData::f32(out_shape.dims(), vals)?, TensorData::u32(outs[1].0.dims(), idx)?])
         }
         Op::LoraShrink => {
-            let k = inputs[2].0.dims()[1];
-            one(lora::lora_shrink(x(0), &inputs[1].0, inputs[1].1, u32s(inputs[2].1), k))
+            let (a, sel) = (&inputs[1], &inputs[2].0);
+            let [n, r, cin] = [a.0.dims()[0], a.0.dims()[1], a.0.dims()[2]];
+            one(lora::lora_shrink(x(0), a.1, [n, r, cin], u32s(inputs[2].1), sel.dims()[1]))
         }
         Op::LoraExpand => {
-            let k = inputs[3].0.dims()[1];
-            one(lora::lora_expand(x(0), x(1), &inputs[2].0, inputs[2].1, u32s(inputs[3].1), x(4), k))
+            let (b, sel) = (&inputs[2], &inputs[3].0);
+            let [n, cout, r] = [b.0.dims()[0], b.0.dims()[1], b.0.dims()[2]];
+            one(lora::lora_expand(x(0), x(1), b.1, [n, cout, r], u32s(inputs[3].1), x(4), sel.dims()[1]))
         }
         Op::MagnitudeMask => Ok(vec![TensorData::u32(out_shape.dims(), merge::magnitude_mask(x(0), out_shape.last(), u32s(inputs[1].1)))?]),
         Op::RandomMask { seed, key } => {

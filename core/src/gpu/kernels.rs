@@ -304,7 +304,7 @@ mod tests {
     fn lora_shrink_lanes_are_specialised_and_divide_the_workgroup() {
         for r in 0..=1024 {
             let lanes = lora_shrink_lanes(r);
-            assert!(LORA_SHRINK_LANES.contains(&lanes) && LORA_SHRINK_WG % lanes == 0, "r = {r}: {lanes}");
+            assert!(LORA_SHRINK_LANES.contains(&lanes) && LORA_SHRINK_WG.is_multiple_of(lanes), "r = {r}: {lanes}");
             // Ranks per workgroup never exceed what a small rank needs (no idle half workgroups).
             assert!(r == 0 || (LORA_SHRINK_WG / lanes) as usize <= r.next_power_of_two().max(8), "r = {r}");
         }

@@ -13,9 +13,9 @@ const WG: u32 = 256;
 const ATTN_WG: u32 = 64;
 /// `lora_expand`'s workgroup: outputs per workgroup (must match the shader's `WG` default).
 const LORA_EXPAND_WG: u32 = 64;
-/// Largest LoRA rank the GPU kernels take: far above any real adapter, and it keeps the shaders'
-/// loops and grids within their limits.
-const LORA_MAX_RANK: usize = 1 << 16;
+/// Largest LoRA rank and slots per row the GPU kernels take: far above any real use, and it keeps
+/// the shaders' loops under lavapipe's ~65k-iteration cap without chunking them.
+const LORA_MAX: usize = 1 << 14;
 
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
@@ -40,9 +40,9 @@ fn fold(n: usize, max: u32) -> [u32; 2] {
     [u(n.min(max)), u(n.div_ceil(max))]
 }
 
-fn lora_rank_fits(op: &'static str, r: usize) -> Result<()> {
-    if r > LORA_MAX_RANK {
-        return Err(Error::UnsupportedOp { op, backend: "gpu (LoRA rank above 65536)", dtype: DType::F32 });
+fn lora_fits(op: &'static str, r: usize, k: usize) -> Result<()> {
+    if r > LORA_MAX || k > LORA_MAX {
+        return Err(Error::UnsupportedOp { op, backend: "gpu (LoRA rank or slots per row above 16384)", dtype: DType::F32 });
     }
     Ok(())
 }
@@ -208,8 +208,8 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
         Op::LoraShrink => {
             let (a, sel) = (&inputs[1].shape, &inputs[2].shape);
             let (n, r, cin) = (a.dims()[0], a.dims()[1], a.dims()[2]);
-            lora_rank_fits(name, r)?;
             let (picks, k) = (sel.numel(), sel.dims()[1]);
+            lora_fits(name, r, k)?;
             let params = words(&[u(picks), u(k), u(r), u(cin), u(n), 0, 0, 0]);
             let lanes = lora_shrink_lanes(r);
             let [gy, gz] = fold(picks, g.max_groups());
@@ -220,8 +220,8 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
         Op::LoraExpand => {
             let (b, sel) = (&inputs[2].shape, &inputs[3].shape);
             let (n, cout, r) = (b.dims()[0], b.dims()[1], b.dims()[2]);
-            lora_rank_fits(name, r)?;
             let (rows, k) = (sel.dims()[0], sel.dims()[1]);
+            lora_fits(name, r, k)?;
             let params = words(&[u(rows), u(k), u(r), u(cout), u(n), 0, 0, 0]);
             let [gy, gz] = fold(rows, g.max_groups());
             let groups = [u(cout).div_ceil(LORA_EXPAND_WG), gy, gz];
