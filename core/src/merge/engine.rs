@@ -216,7 +216,7 @@ pub async fn run(
 }
 
 fn recipe_text(r: &Recipe) -> String {
-    format!("# merged by taskloom {} from {}\n# method: {}\n", env!("CARGO_PKG_VERSION"), r.file, r.method.name())
+    format!("# merged by taskloom {} from {}\n{}", env!("CARGO_PKG_VERSION"), r.file, r.text)
 }
 
 fn write_config(r: &Recipe, plan: &Plan, read_file: &ReadFile<'_>, sink: &mut dyn Sink, s: &mut Summary) -> Result<()> {

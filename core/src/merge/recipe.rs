@@ -100,6 +100,8 @@ pub struct Slice {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recipe {
     pub file: String,
+    /// The YAML as given (written to the output folder as `mergekit_config.yml`, as mergekit does).
+    pub text: String,
     pub method: Method,
     pub models: Vec<String>,
     pub base_model: Option<usize>,
@@ -228,6 +230,7 @@ impl Recipe {
         }
         let recipe = Recipe {
             file: file.to_string(),
+            text: text.to_string(),
             method,
             models,
             base_model,
