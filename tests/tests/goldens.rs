@@ -94,6 +94,7 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
         "Concat" => Op::Concat { axis: u("axis")? },
         "ExpertMatmul" => Op::ExpertMatmul,
         "Sigmoid" => Op::Sigmoid,
+        "Relu" => Op::Relu,
         "MoeRoute" => Op::MoeRoute {
             k: u("k")?,
             sigmoid: b("sigmoid")?,
