@@ -8,6 +8,7 @@ mod devices;
 mod inspect;
 mod lora;
 mod multitask;
+mod merge;
 mod run;
 mod util;
 
@@ -36,6 +37,8 @@ enum Cmd {
     Run(run::Args),
     /// LoRA adapters: fuse into a model folder, or combine several into one.
     Lora(lora::Args),
+    /// Merge models with a mergekit YAML recipe into a Hugging Face folder.
+    Merge(merge::Args),
 }
 
 /// Why a command failed: a core error, or a message of the CLI's own (bad path, mismatch, ...).
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Run(a) => run::run(a),
         Cmd::Lora(a) => lora::run(a),
+        Cmd::Merge(a) => merge::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

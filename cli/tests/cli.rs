@@ -176,3 +176,38 @@ fn gpu_without_adapter_is_one_line_exit_1() {
     assert_one_line_error(&o, "no GPU adapter");
     assert_eq!(o.status.code(), Some(1));
 }
+
+fn merge_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/merge").join(name)
+}
+
+#[test]
+fn merge_writes_a_model_folder_and_summary() {
+    let dir = scratch("merge_ok");
+    let out = dir.join("merged");
+    let recipe = merge_fixture("dare_ties.yml");
+    let o = taskloom(&["merge", recipe.to_str().unwrap(), "-o", out.to_str().unwrap(), "--device", "cpu", "--random-seed", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["tensors"], 20);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0 && v["bytes_written"].as_u64().unwrap() > 80_000);
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // The output folder exists now: a second merge into it fails in one line and leaves it alone.
+    let o = taskloom(&["merge", recipe.to_str().unwrap(), "-o", out.to_str().unwrap(), "--device", "cpu"]);
+    assert_one_line_error(&o, "not empty");
+}
+
+#[test]
+fn merge_bad_recipe_fails_in_one_line_without_output() {
+    let dir = scratch("merge_bad");
+    let bad = dir.join("bad.yml");
+    std::fs::write(&bad, "merge_method: ties\nbase_model: x\nmodels:\n  - model: y\n    parameters: {weight: 1, densty: 0.5}\n").unwrap();
+    let out = dir.join("merged");
+    let o = taskloom(&["merge", bad.to_str().unwrap(), "-o", out.to_str().unwrap(), "--device", "cpu"]);
+    assert_one_line_error(&o, "densty");
+    assert!(!out.exists());
+    let o = taskloom(&["merge", dir.join("missing.yml").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_one_line_error(&o, "missing.yml");
+}

@@ -57,6 +57,13 @@ pub enum Error {
     /// whose description or tensors do not fit the model (see [`crate::multitask`]).
     #[error("{model}: task '{task}': {reason}")]
     Task { model: String, task: String, reason: String },
+    /// A merge recipe that cannot be used: names the recipe file and, where known, the line or key.
+    #[error("{file}: {reason}")]
+    Recipe { file: String, reason: String },
+
+    /// A merge that cannot proceed on one tensor: names the tensor and the model(s) involved.
+    #[error("merge, tensor '{tensor}': {reason}")]
+    Merge { tensor: String, reason: String },
 
     #[error("{path}: {source}")]
     Io { path: String, #[source] source: std::io::Error },
@@ -101,7 +108,9 @@ impl Error {
             | Error::DataLength { .. }
             | Error::File { .. }
             | Error::Adapter { .. }
-            | Error::Task { .. } => "BAD_INPUT",
+            | Error::Task { .. }
+            | Error::Recipe { .. }
+            | Error::Merge { .. } => "BAD_INPUT",
             Error::UnsupportedOp { .. } | Error::WrongDevice { .. } => "UNSUPPORTED",
             Error::NoAdapter(_) | Error::Gpu(_) => "DEVICE",
             Error::BufferTooLarge { .. } => "OUT_OF_MEMORY",

@@ -17,6 +17,17 @@ pub enum GeluKind {
     Tanh,
 }
 
+/// How task vectors vote on each element's sign before a disjoint merge (TIES family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Consensus {
+    /// No vote: every (weighted) task vector is summed.
+    None,
+    /// The sign of the sum (TIES' "mass"); a zero sum elects +.
+    Sum,
+    /// The sign of the sum of signs ("frequency"); a tie elects +.
+    Count,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
     /// `a [.., M, K] f32` times `b` (`[.., K, N]`, or `[.., N, K]` with `trans_b`; f32/f16/bf16;
@@ -92,6 +103,27 @@ pub enum Op {
     /// Slots whose index is `>= N` (empty, [`LORA_EMPTY`], or out of range) contribute nothing: their
     /// `w` and `v` are not read, so not even a NaN there reaches the output.
     LoraExpand,
+    /// Merging: inputs `x [R, N] f32`, `ranks [R, 2] u32` → `mask [R, N] u32`, 1 where the element's
+    /// rank in its row, ordered by |x| descending with ties to the lower index (rank 0 = largest),
+    /// lies in `[ranks[r, 0], ranks[r, 1])`. TIES keeps `[0, k)`; Breadcrumbs a band below the outliers.
+    MagnitudeMask,
+    /// Merging (DARE): inputs `x [R, N] f32` (for its shape), `p [R] f32` → keep `mask [R, N] u32`,
+    /// 1 where `sparsify::uniform(seed, key, r·N + j) < p[r]` (the counter-based RNG).
+    RandomMask { seed: u64, key: u32 },
+    /// Merging (DELLA): inputs `x [R, G, C] f32`, `p [R, C] f32` → keep `mask [R, G, C] u32`, 1 where
+    /// `sparsify::uniform(seed, key, flat index) < p[r, q]`, `q` = the element's rank among the C of
+    /// its group by |x| ascending, ties to the lower index first.
+    DellaMask { seed: u64, key: u32 },
+    /// Merging: inputs `x [R, N] f32`, `mask [R, N] u32`, `scale [R] f32` → `x·mask·scale[r]`; with
+    /// `l1`, also times `‖x_r‖₁ / ‖x_r·mask_r‖₁` when both norms are ≥ 1e-7 (mergekit's rescale).
+    MaskedRescale { l1: bool },
+    /// Merging: inputs `base [N] f32`, `deltas [R, N] f32`, `weights [R] f32` → `[N] f32`:
+    /// `v_r = w_r·δ_r` (or `δ_r` for the vote without `weighted_sign`), elected sign `s` by
+    /// `consensus`, agreeing set `a_r = [sign(v_r) = s]` (all r with `Consensus::None`);
+    /// `m = Σ a_r·w_r·δ_r`, divisor `Σ a_r·w_r` (or `Σ a_r` with `count_divisor`; 0 → 1, and
+    /// |Σ w| < 1e-8 → 1 without consensus); out `= base + lambda·(normalize ? m / divisor : m)`.
+    /// Sums run over r in order in f32, so the elected sign is the same on every backend.
+    TaskMerge { consensus: Consensus, weighted_sign: bool, count_divisor: bool, normalize: bool, lambda: f32 },
 }
 
 /// The `sel` entry of an empty adapter slot in [`Op::LoraShrink`] / [`Op::LoraExpand`]. Any index
@@ -111,7 +143,10 @@ macro_rules! op_kinds {
         }
     };
 }
-op_kinds!(Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Relu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK, LoraShrink, LoraExpand);
+op_kinds!(
+    Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Relu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK,
+    LoraShrink, LoraExpand, MagnitudeMask, RandomMask, DellaMask, MaskedRescale, TaskMerge,
+);
 
 /// What an op is given and returns: shape and dtype per tensor.
 pub type Meta = (Shape, DType);
@@ -141,6 +176,11 @@ impl Op {
             Op::TopK { .. } => OpKind::TopK,
             Op::LoraShrink => OpKind::LoraShrink,
             Op::LoraExpand => OpKind::LoraExpand,
+            Op::MagnitudeMask => OpKind::MagnitudeMask,
+            Op::RandomMask { .. } => OpKind::RandomMask,
+            Op::DellaMask { .. } => OpKind::DellaMask,
+            Op::MaskedRescale { .. } => OpKind::MaskedRescale,
+            Op::TaskMerge { .. } => OpKind::TaskMerge,
         }
     }
 
@@ -449,6 +489,9 @@ impl Op {
                     return Err(mismatch(format!("w [{m}, {k}] (as sel)"), w));
                 }
                 out(*y, DType::F32)
+            }
+            Op::MagnitudeMask | Op::RandomMask { .. } | Op::DellaMask { .. } | Op::MaskedRescale { .. } | Op::TaskMerge { .. } => {
+                crate::merge::ops::infer(self, inputs)
             }
         }
     }

@@ -237,6 +237,66 @@ fn lora_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     }
 }
 
+/// Merging ops: masks must agree exactly (ties included), rescale and merge within f32 reduction and
+/// division error.
+fn merge_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    use taskloom::merge::gta::della_probs;
+    use taskloom::Consensus;
+    // Multiples of 1/8 in [-2, 2): many exact magnitude ties (and zeros, and -0 vs +0).
+    let tied = |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.below(32) as f32 / 8.0 - 2.0).collect() };
+    for (r, n, bands) in [
+        (1usize, 1usize, vec![(0u32, 1u32)]),
+        (3, 17, vec![(0, 5), (3, 9), (0, 0)]),
+        (2, 255, vec![(0, 255), (200, 255)]),
+        (3, 257, vec![(0, 1), (10, 100), (256, 257)]),
+        (3, 9000, vec![(0, 4500), (90, 7200), (0, 8999)]),
+        (1, 65536, vec![(0, 13107)]),
+    ] {
+        let x = if n > 1000 { rng.vec(r * n, -1.0, 1.0) } else { tied(rng, r * n) };
+        let ranks: Vec<u32> = (0..r).flat_map(|i| { let (a, b) = bands[i % bands.len()]; [a, b] }).collect();
+        let inputs = vec![TensorData::f32(&[r, n], x).unwrap(), TensorData::u32(&[r, 2], ranks).unwrap()];
+        v.push(case(format!("magnitude_mask {r}x{n}"), Op::MagnitudeMask, inputs, 0.0, 0.0));
+    }
+    // Ties of a large tensor: magnitudes in 4 values, so the index passes decide most of the band.
+    let x: Vec<f32> = (0..3 * 9000).map(|_| rng.below(8) as f32 / 4.0 - 1.0).collect();
+    let inputs = vec![TensorData::f32(&[3, 9000], x).unwrap(), TensorData::u32(&[3, 2], vec![0, 4000, 1000, 8000, 5, 6]).unwrap()];
+    v.push(case("magnitude_mask 3x9000 tied".into(), Op::MagnitudeMask, inputs, 0.0, 0.0));
+    for (r, n, seed) in [(1usize, 1usize, 0u64), (3, 257, 42), (2, 65536, (1 << 40) + 5)] {
+        let p: Vec<f32> = [0.3f32, 1.0, 0.0].iter().cycle().take(r).copied().collect();
+        let inputs = vec![f32s(rng, &[r, n], -1.0, 1.0), TensorData::f32(&[r], p).unwrap()];
+        v.push(case(format!("random_mask {r}x{n}"), Op::RandomMask { seed, key: 0xdead_beef }, inputs, 0.0, 0.0));
+    }
+    for (r, g, c) in [(1usize, 1usize, 1usize), (3, 17, 33), (2, 1, 257), (3, 64, 255)] {
+        let x = tied(rng, r * g * c);
+        let p: Vec<f32> = (0..r).flat_map(|i| della_probs([0.5, 0.3, 1.0][i % 3], 0.15, c)).collect();
+        let inputs = vec![TensorData::f32(&[r, g, c], x).unwrap(), TensorData::f32(&[r, c], p).unwrap()];
+        v.push(case(format!("della_mask {r}x{g}x{c}"), Op::DellaMask { seed: 9, key: 17 }, inputs, 0.0, 0.0));
+    }
+    for (r, n) in [(1usize, 1usize), (3, 257), (4, 9000)] {
+        let x = f32s(rng, &[r, n], -0.1, 0.1);
+        // Row 1 keeps nothing: its norm is below the threshold and the row stays unscaled (zeros).
+        let mask: Vec<u32> = (0..r * n).map(|i| if i / n == 1 { 0 } else { (rng.below(3) != 0) as u32 }).collect();
+        let scale: Vec<f32> = (0..r).map(|i| [1.0f32, 2.5, 0.5, 1.0][i % 4]).collect();
+        for l1 in [false, true] {
+            let inputs = vec![x.clone(), TensorData::u32(&[r, n], mask.clone()).unwrap(), TensorData::f32(&[r], scale.clone()).unwrap()];
+            v.push(case(format!("masked_rescale {r}x{n} l1={l1}"), Op::MaskedRescale { l1 }, inputs, 1e-6, 4e-6));
+        }
+    }
+    for (r, n) in [(1usize, 1usize), (3, 257), (4, 1000)] {
+        let base = f32s(rng, &[n], -1.0, 1.0);
+        // Sparse deltas (a third zero), so agreement and empty divisors both occur.
+        let d: Vec<f32> = (0..r * n).map(|_| if rng.below(3) == 0 { 0.0 } else { rng.uniform(-0.1, 0.1) }).collect();
+        let w: Vec<f32> = (0..r).map(|i| [1.0f32, 0.3, -0.7, 0.5][i % 4]).collect();
+        for consensus in [Consensus::None, Consensus::Sum, Consensus::Count] {
+            for (weighted_sign, count_divisor, normalize) in [(true, false, true), (false, true, true), (true, false, false)] {
+                let op = Op::TaskMerge { consensus, weighted_sign, count_divisor, normalize, lambda: 0.8 };
+                let inputs = vec![base.clone(), TensorData::f32(&[r, n], d.clone()).unwrap(), TensorData::f32(&[r], w.clone()).unwrap()];
+                v.push(case(format!("task_merge {r}x{n} {consensus:?} ws={weighted_sign} cd={count_divisor} norm={normalize}"), op, inputs, 1e-6, 1e-6));
+            }
+        }
+    }
+}
+
 fn cases() -> Vec<Case> {
     let mut rng = Rng::new(7);
     let mut v = Vec::new();
@@ -250,6 +310,7 @@ fn cases() -> Vec<Case> {
     route_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
     lora_cases(&mut rng, &mut v);
+    merge_cases(&mut rng, &mut v);
     v
 }
 

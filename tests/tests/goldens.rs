@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use taskloom::{DType, GeluKind, HostData, Op, OpKind, TensorData};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ops_golden.safetensors");
+/// The merge ops' cases (mergekit / peft references), made by `tests/fixtures/make_merge_goldens.py`.
+const MERGE_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/merge/ops_golden.safetensors");
 
 struct Case {
     name: String,
@@ -104,12 +106,37 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
         "TopK" => Op::TopK { k: u("k")? },
         "LoraShrink" => Op::LoraShrink,
         "LoraExpand" => Op::LoraExpand,
+        "MagnitudeMask" => Op::MagnitudeMask,
+        "RandomMask" | "DellaMask" => {
+            let seed = p["seed"].as_u64().ok_or(format!("{kind}: missing seed"))?;
+            let key = u("key")? as u32;
+            if kind == "RandomMask" { Op::RandomMask { seed, key } } else { Op::DellaMask { seed, key } }
+        }
+        "MaskedRescale" => Op::MaskedRescale { l1: b("l1")? },
+        "TaskMerge" => Op::TaskMerge {
+            consensus: match p["consensus"].as_str() {
+                Some("None") => taskloom::Consensus::None,
+                Some("Sum") => taskloom::Consensus::Sum,
+                Some("Count") => taskloom::Consensus::Count,
+                other => return Err(format!("TaskMerge: consensus {other:?}")),
+            },
+            weighted_sign: b("weighted_sign")?,
+            count_divisor: b("count_divisor")?,
+            normalize: b("normalize")?,
+            lambda: f("lambda")?,
+        },
         other => return Err(format!("unknown op {other:?}")),
     })
 }
 
 fn load() -> Vec<Case> {
-    let bytes = std::fs::read(FIXTURE).unwrap_or_else(|e| panic!("{FIXTURE}: {e} (see tests/fixtures/README.md)"));
+    let mut cases = load_file(FIXTURE);
+    cases.extend(load_file(MERGE_FIXTURE));
+    cases
+}
+
+fn load_file(path: &str) -> Vec<Case> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (see tests/fixtures/README.md)"));
     let (_, meta) = SafeTensors::read_metadata(&bytes).expect("fixture header");
     let st = SafeTensors::deserialize(&bytes).expect("fixture");
     let entries: BTreeMap<&String, &String> = meta.metadata().as_ref().expect("fixture has __metadata__").iter().collect();

@@ -7,6 +7,7 @@ mod elementwise;
 mod embed;
 mod lora;
 pub mod matmul;
+pub(crate) mod merge;
 mod norm;
 mod topk;
 
@@ -180,6 +181,18 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             let (b, sel) = (&inputs[2], &inputs[3].0);
             let [n, cout, r] = [b.0.dims()[0], b.0.dims()[1], b.0.dims()[2]];
             one(lora::lora_expand(x(0), x(1), b.1, [n, cout, r], u32s(inputs[3].1), x(4), sel.dims()[1]))
+        }
+        Op::MagnitudeMask => Ok(vec![TensorData::u32(out_shape.dims(), merge::magnitude_mask(x(0), out_shape.last(), u32s(inputs[1].1)))?]),
+        Op::RandomMask { seed, key } => {
+            Ok(vec![TensorData::u32(out_shape.dims(), merge::random_mask(out_shape.last(), out_shape.rows(), x(1), seed, key))?])
+        }
+        Op::DellaMask { seed, key } => {
+            let d = out_shape.dims();
+            Ok(vec![TensorData::u32(d, merge::della_mask(x(0), d[1], d[2], x(1), seed, key))?])
+        }
+        Op::MaskedRescale { l1 } => one(merge::masked_rescale(x(0), u32s(inputs[1].1), out_shape.last(), x(2), l1)),
+        Op::TaskMerge { consensus, weighted_sign, count_divisor, normalize, lambda } => {
+            one(merge::task_merge(x(0), x(1), x(2), consensus, weighted_sign, count_divisor, normalize, lambda))
         }
     }
 }

@@ -125,6 +125,15 @@ impl SafeTensors {
         Ok(&self.buf.bytes()[start..start + t.bytes as usize])
     }
 
+    /// Drops the pages of `name` from this process's resident set (natively; a no-op for bytes in
+    /// memory). For streaming readers that are done with a tensor.
+    pub fn release(&self, name: &str) {
+        if let Ok(t) = self.info(name) {
+            let start = self.data_start + t.offset as usize;
+            self.buf.release(start..start + t.bytes as usize);
+        }
+    }
+
     /// Loads `name` into host memory (one copy out of the mapping). Unsupported dtypes give
     /// [`FileError::UnsupportedDType`], ranks above 4 [`FileError::AbsurdShape`].
     pub fn tensor(&self, name: &str) -> Result<TensorData> {

@@ -19,6 +19,10 @@ pub enum Shader {
     TopK,
     LoraShrink,
     LoraExpand,
+    MergeSelect,
+    MergeRandom,
+    MergeRescale,
+    MergeCombine,
 }
 
 /// How a binding is declared in the shader. Binding 0 is always the `Params` uniform.
@@ -85,7 +89,7 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
 }
 
 impl Shader {
-    pub const ALL: [Shader; 13] = [
+    pub const ALL: [Shader; 17] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -99,6 +103,10 @@ impl Shader {
         Shader::TopK,
         Shader::LoraShrink,
         Shader::LoraExpand,
+        Shader::MergeSelect,
+        Shader::MergeRandom,
+        Shader::MergeRescale,
+        Shader::MergeCombine,
     ];
 
     /// The file stem in `shaders/`.
@@ -117,6 +125,10 @@ impl Shader {
             Shader::TopK => "topk",
             Shader::LoraShrink => "lora_shrink",
             Shader::LoraExpand => "lora_expand",
+            Shader::MergeSelect => "merge_select",
+            Shader::MergeRandom => "merge_random",
+            Shader::MergeRescale => "merge_rescale",
+            Shader::MergeCombine => "merge_combine",
         }
     }
 
@@ -136,6 +148,10 @@ impl Shader {
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
             Shader::LoraShrink => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_shrink.wgsl")),
             Shader::LoraExpand => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_expand.wgsl")),
+            Shader::MergeSelect => include_str!("../../../shaders/merge_select.wgsl"),
+            Shader::MergeRandom => include_str!("../../../shaders/merge_random.wgsl"),
+            Shader::MergeRescale => include_str!("../../../shaders/merge_rescale.wgsl"),
+            Shader::MergeCombine => include_str!("../../../shaders/merge_combine.wgsl"),
         }
     }
 
@@ -154,6 +170,10 @@ impl Shader {
             Shader::TopK => &["topk"],
             Shader::LoraShrink => &["lora_shrink"],
             Shader::LoraExpand => &["lora_expand"],
+            Shader::MergeSelect => &["sel_init", "sel_hist", "sel_pick", "sel_mask"],
+            Shader::MergeRandom => &["random_mask", "della_mask"],
+            Shader::MergeRescale => &["rescale_partial", "rescale_factor", "rescale_apply"],
+            Shader::MergeCombine => &["task_merge"],
         }
     }
 
@@ -171,6 +191,10 @@ impl Shader {
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
             Shader::LoraShrink => &[Read, Read, Read, ReadWrite],
             Shader::LoraExpand => &[Read, Read, Read, Read, Read, ReadWrite],
+            Shader::MergeSelect => &[Read, Read, ReadWrite, ReadWrite],
+            Shader::MergeRandom => &[Read, Read, ReadWrite],
+            Shader::MergeRescale => &[Read, Read, Read, ReadWrite, ReadWrite],
+            Shader::MergeCombine => &[Read, Read, Read, ReadWrite],
         }
     }
 

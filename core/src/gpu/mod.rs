@@ -6,6 +6,7 @@
 //! (shader, entry, override constants).
 
 pub mod kernels;
+mod merge;
 mod ops;
 
 use crate::device::{Backend, DeviceInfo};

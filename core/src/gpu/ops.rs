@@ -229,6 +229,9 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let bufs = [inb(0)?, inb(1)?, inb(2)?, inb(3)?, inb(4)?, ob];
             g.dispatch(Shader::LoraExpand, "lora_expand", &consts, &params, &bufs, groups)?;
         }
+        Op::MagnitudeMask | Op::RandomMask { .. } | Op::DellaMask { .. } | Op::MaskedRescale { .. } | Op::TaskMerge { .. } => {
+            super::merge::encode(g, op, inputs, &out)?;
+        }
     }
     Ok(out)
 }

@@ -102,6 +102,60 @@ pub fn kth_largest_abs(x: &[f32], k: usize) -> Option<f32> {
     Some(*v)
 }
 
+
+/// The order key of `|x|`: its float bits without the sign. For non-negative floats the bit
+/// pattern orders like the value (NaN above infinity), so selection can work on integers.
+#[inline]
+pub fn abs_key(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// The `k`-th element (1-based) of `x` in the order (|x| descending, index ascending), as
+/// `(abs_key, index)`; `None` when `k` is 0 or above the length. Element `i` is among the top `k`
+/// exactly when `abs_key(x[i]) > key || (abs_key(x[i]) == key && i <= index)`: the same set as
+/// [`topk_abs_mask`]. Radix select on the key bits, 8 at a time from the top (the GPU kernel
+/// `shaders/merge_select.wgsl` does the same passes), then the tied elements in index order.
+pub fn topk_threshold(x: &[f32], k: usize) -> Option<(u32, u32)> {
+    if k == 0 || k > x.len() {
+        return None;
+    }
+    let (mut prefix, mut known, mut k) = (0u32, 0u32, k);
+    for shift in [24u32, 16, 8, 0] {
+        let mut hist = [0usize; 256];
+        for v in x {
+            let b = abs_key(*v);
+            if b & known == prefix {
+                hist[((b >> shift) & 255) as usize] += 1;
+            }
+        }
+        let mut d = 255usize;
+        while hist[d] < k {
+            k -= hist[d];
+            d -= 1; // cannot pass 0: the histogram holds at least k elements
+        }
+        prefix |= (d as u32) << shift;
+        known |= 255 << shift;
+    }
+    let mut seen = 0;
+    for (i, v) in x.iter().enumerate() {
+        if abs_key(*v) == prefix {
+            seen += 1;
+            if seen == k {
+                return Some((prefix, i as u32));
+            }
+        }
+    }
+    unreachable!("k ties were counted")
+}
+
+/// Mask of the elements whose rank in (|x| descending, index ascending) order lies in `[lo, hi)`.
+pub fn rank_range_mask(x: &[f32], lo: usize, hi: usize) -> Vec<bool> {
+    let hi = hi.min(x.len());
+    let above = |t: Option<(u32, u32)>, i: usize, v: f32| t.is_some_and(|(key, idx)| abs_key(v) > key || (abs_key(v) == key && i as u32 <= idx));
+    let (th, tl) = (topk_threshold(x, hi), topk_threshold(x, lo.min(hi)));
+    x.iter().enumerate().map(|(i, &v)| above(th, i, v) && !above(tl, i, v)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +194,22 @@ mod tests {
         assert_eq!(topk_abs_mask(&x, 9), vec![true; 6]);
         assert_eq!(kth_largest_abs(&x, 3), Some(2.0));
         assert_eq!(kth_largest_abs(&x, 7), None);
+    }
+
+    #[test]
+    fn radix_threshold_selects_the_topk_set() {
+        let mut v: Vec<f32> = (0..1000).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+        v[10] = 3.0;
+        v[20] = -3.0;
+        v[30] = f32::NAN;
+        for k in [1, 2, 7, 333, 999, 1000] {
+            let mask = rank_range_mask(&v, 0, k);
+            assert_eq!(mask, topk_abs_mask(&v, k), "k = {k}");
+        }
+        let band = rank_range_mask(&v, 5, 17);
+        let want: Vec<bool> = topk_abs_mask(&v, 17).iter().zip(topk_abs_mask(&v, 5)).map(|(a, b)| *a && !b).collect();
+        assert_eq!(band, want);
+        assert_eq!(band.iter().filter(|b| **b).count(), 12);
+        assert_eq!(topk_threshold(&v, 0), None);
     }
 }

@@ -1,0 +1,354 @@
+//! The tensor-streamed merge: for each output tensor, read it from every input (memory-mapped
+//! natively), compute, write it to its shard, drop it. Peak memory ≈ one tensor × (inputs + a few).
+
+use super::gta::{self, Row};
+use super::method::Method;
+use super::output::{self, Entry, Sink};
+use super::plan::{parse_dtype, Job, Model, Plan};
+use super::recipe::Recipe;
+use super::setting::Scalar;
+use super::{Progress, Summary};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::formats::safetensors::SafeTensors;
+use half::{bf16, f16};
+use std::collections::BTreeMap;
+
+/// Settings of one merge run that are not in the recipe.
+pub struct Options {
+    /// Seed of the DARE / DELLA RNG (overrides the recipe's `taskloom.random_seed`; default 0).
+    pub random_seed: Option<u64>,
+    /// Imported keep masks (see [`crate::merge::masks`]).
+    pub masks: Option<SafeTensors>,
+    /// Largest shard, in bytes of tensor data (mergekit's default: 5 GB).
+    pub shard_bytes: u64,
+    /// Extra files copied from the config / tokenizer models when present.
+    pub copy_files: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            random_seed: None,
+            masks: None,
+            shard_bytes: 5_000_000_000,
+            copy_files: [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "tokenizer.model",
+                "vocab.json",
+                "merges.txt",
+                "added_tokens.json",
+                "chat_template.jinja",
+                "generation_config.json",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// A whole-file reader for the non-tensor files of a model (config, tokenizer).
+pub type ReadFile<'a> = dyn Fn(usize, &str) -> Result<Option<Vec<u8>>> + 'a;
+
+fn num(v: &BTreeMap<&'static str, Scalar>, k: &str, default: f64) -> f64 {
+    match v.get(k) {
+        Some(Scalar::Num(n)) => *n,
+        _ => default,
+    }
+}
+
+fn flag(v: &BTreeMap<&'static str, Scalar>, k: &str) -> bool {
+    matches!(v.get(k), Some(Scalar::Bool(true)))
+}
+
+/// Decodes a float tensor's little-endian bytes into f32, rounding through `through` first (the
+/// recipe's `dtype`, as mergekit casts its inputs).
+fn decode(bytes: &[u8], dtype: &str, through: Option<DType>, out: &mut Vec<f32>) {
+    match dtype {
+        "F32" => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(v) => out.extend_from_slice(v),
+            Err(_) => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        },
+        "F16" => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        _ => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+    }
+    match through {
+        Some(DType::F16) => out.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+        Some(DType::BF16) => out.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
+
+fn encode(v: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F16 => v.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect(),
+        DType::BF16 => v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect(),
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+const FLOATS: [&str; 3] = ["F32", "F16", "BF16"];
+
+/// What the plan says a job writes: its entry, and whether it is a float tensor to merge.
+fn entry(r: &Recipe, models: &[Model], job: &Job) -> Result<(Entry, bool)> {
+    let merr = |reason: String| Error::Merge { tensor: job.name.clone(), reason };
+    let mut infos = Vec::new();
+    for (m, name) in &job.inputs {
+        let model = &models[*m];
+        let (_, info) = model.info(name).ok_or_else(|| {
+            let files: Vec<&str> = model.shards.iter().map(|s| s.file()).collect();
+            merr(format!("missing from model '{}' (looked up '{name}' in {})", model.name, files.join(", ")))
+        })?;
+        infos.push((model, info));
+    }
+    let (m0, i0) = infos[job.base.unwrap_or(0)];
+    for (m, i) in &infos {
+        if i.shape != i0.shape {
+            return Err(merr(format!("shape {:?} in '{}' but {:?} in '{}'", i.shape, m.name, i0.shape, m0.name)));
+        }
+    }
+    let float = infos.iter().all(|(_, i)| FLOATS.contains(&i.dtype.as_str()));
+    let numel: usize = i0.shape.iter().product();
+    let (dtype, bytes) = if float {
+        let out = r.out_dtype.as_deref().or(r.dtype.as_deref()).and_then(parse_dtype);
+        let d = out.map(|d| d.safetensors_name().to_string()).unwrap_or_else(|| i0.dtype.clone());
+        let size = if d == "F32" { 4 } else { 2 };
+        (d, (numel * size) as u64)
+    } else {
+        (i0.dtype.clone(), i0.bytes)
+    };
+    Ok((Entry { name: job.name.clone(), dtype, shape: i0.shape.clone(), bytes }, float))
+}
+
+/// Runs a planned merge into `sink`.
+pub async fn run(
+    recipe: &Recipe,
+    models: &[Model],
+    read_file: &ReadFile<'_>,
+    dev: &Device,
+    opts: &Options,
+    sink: &mut dyn Sink,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary> {
+    let plan = Plan::build(recipe, models)?;
+    let mut entries = Vec::with_capacity(plan.jobs.len());
+    let mut floats = Vec::with_capacity(plan.jobs.len());
+    for job in &plan.jobs {
+        let (e, f) = entry(recipe, models, job)?;
+        entries.push(e);
+        floats.push(f);
+    }
+    let shards = output::shard(&entries, opts.shard_bytes);
+    let seed = opts.random_seed.or(recipe.ext.random_seed).unwrap_or(0);
+    let through = recipe.dtype.as_deref().and_then(parse_dtype);
+    let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
+    let mut summary = Summary { tensors: 0, bytes_written: 0, bytes_read: 0, files: Vec::new(), tall_masks: 0 };
+    let mut tall: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    for (file, range) in &shards {
+        sink.begin(file)?;
+        sink.write(&output::header(&entries[range.clone()], Some(&meta)))?;
+        summary.files.push(file.clone());
+        for i in range.clone() {
+            let (job, e) = (&plan.jobs[i], &entries[i]);
+            let bytes = if floats[i] {
+                let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read).await?;
+                for (k, m) in masks {
+                    tall.push((format!("{}:{k}", job.name), packbits(&m), m.len()));
+                }
+                let dt = DType::ALL.into_iter().find(|d| d.safetensors_name() == e.dtype).unwrap_or(DType::F32);
+                if dt == DType::F32 {
+                    // Written straight from the f32 buffer: no byte copy.
+                    sink.write(bytemuck::cast_slice(&v))?;
+                    summary.tensors += 1;
+                    summary.bytes_written += e.bytes;
+                    on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
+                    continue;
+                }
+                encode(&v, dt)
+            } else {
+                let (m, name) = &job.inputs[job.base.unwrap_or(0)];
+                let (st, _) = models[*m].info(name).expect("checked in entry()");
+                summary.bytes_read += e.bytes;
+                let b = st.bytes(name)?.to_vec();
+                st.release(name);
+                b
+            };
+            sink.write(&bytes)?;
+            summary.tensors += 1;
+            summary.bytes_written += bytes.len() as u64;
+            on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
+        }
+    }
+    if shards.len() > 1 {
+        sink.put("model.safetensors.index.json", &output::index(&entries, &shards))?;
+        summary.files.push("model.safetensors.index.json".into());
+    }
+    if !tall.is_empty() {
+        let tall_entries: Vec<Entry> = tall.iter().map(|(n, b, _)| Entry { name: n.clone(), dtype: "U8".into(), shape: vec![b.len()], bytes: b.len() as u64 }).collect();
+        let mut m = BTreeMap::new();
+        m.insert("format".to_string(), "taskloom-tall-masks".to_string());
+        m.insert("bit_order".to_string(), "numpy packbits, MSB first, per tensor".to_string());
+        m.insert("numel".to_string(), serde_json::to_string(&tall.iter().map(|(n, _, l)| (n.clone(), *l)).collect::<BTreeMap<_, _>>()).expect("json"));
+        sink.begin("tall_masks.safetensors")?;
+        sink.write(&output::header(&tall_entries, Some(&m)))?;
+        for (_, b, _) in &tall {
+            sink.write(b)?;
+        }
+        summary.tall_masks = tall.len();
+        summary.files.push("tall_masks.safetensors".into());
+    }
+    write_config(recipe, &plan, read_file, sink, &mut summary)?;
+    let tok = recipe.tokenizer_source.unwrap_or(plan.config_model);
+    for f in &opts.copy_files {
+        if let Some(b) = read_file(tok, f)? {
+            sink.put(f, &b)?;
+            summary.files.push(f.clone());
+        }
+    }
+    sink.put("mergekit_config.yml", recipe_text(recipe).as_bytes())?;
+    sink.commit()?;
+    Ok(summary)
+}
+
+fn recipe_text(r: &Recipe) -> String {
+    format!("# merged by taskloom {} from {}\n{}", env!("CARGO_PKG_VERSION"), r.file, r.text)
+}
+
+fn write_config(r: &Recipe, plan: &Plan, read_file: &ReadFile<'_>, sink: &mut dyn Sink, s: &mut Summary) -> Result<()> {
+    let Some(bytes) = read_file(plan.config_model, "config.json")? else { return Ok(()) };
+    let mut cfg: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Merge { tensor: "(config.json)".into(), reason: format!("{}: {e}", r.models[plan.config_model]) })?;
+    if let Some(o) = cfg.as_object_mut() {
+        if !r.whole_models {
+            o.insert("num_hidden_layers".into(), plan.out_layers.into());
+        }
+        if let Some(d) = r.out_dtype.as_deref().or(r.dtype.as_deref()).and_then(parse_dtype) {
+            let name = match d {
+                DType::F16 => "float16",
+                DType::BF16 => "bfloat16",
+                _ => "float32",
+            };
+            for k in ["torch_dtype", "dtype"] {
+                if o.contains_key(k) {
+                    o.insert(k.into(), name.into());
+                }
+            }
+        }
+    }
+    sink.put("config.json", &serde_json::to_vec_pretty(&cfg).expect("JSON"))?;
+    s.files.push("config.json".into());
+    Ok(())
+}
+
+/// numpy `packbits` (MSB first) of a boolean vector.
+pub fn packbits(m: &[bool]) -> Vec<u8> {
+    m.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |b, (i, &x)| b | ((x as u8) << (7 - i)))).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compute(
+    r: &Recipe,
+    models: &[Model],
+    job: &Job,
+    dims: &[usize],
+    dev: &Device,
+    opts: &Options,
+    seed: u64,
+    through: Option<DType>,
+    read: &mut u64,
+) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>)> {
+    let load = |k: usize, out: &mut Vec<f32>, read: &mut u64| -> Result<()> {
+        let (m, name) = &job.inputs[k];
+        let (st, info) = models[*m].info(name).expect("checked in entry()");
+        let bytes = st.bytes(name)?;
+        *read += bytes.len() as u64;
+        decode(bytes, &info.dtype, through, out);
+        st.release(name);
+        Ok(())
+    };
+    let one = |k: usize, read: &mut u64| -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        load(k, &mut v, read)?;
+        Ok(v)
+    };
+    let w = |k: usize, key: &str| num(&job.per_input[k], key, 1.0) as f32;
+    let out = match r.method {
+        Method::Passthrough => {
+            let mut v = one(0, read)?;
+            if let Some(Scalar::Num(s)) = job.per_input[0].get("scale") {
+                let s = *s as f32;
+                v.iter_mut().for_each(|x| *x *= s);
+            }
+            v
+        }
+        Method::Linear => {
+            let xs = (0..job.inputs.len()).map(|k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
+            let ws: Vec<f32> = (0..xs.len()).map(|k| w(k, "weight")).collect();
+            super::interp::linear(&refs, &ws, flag(&job.shared, "normalize"))
+        }
+        Method::Slerp => {
+            let b = job.base.expect("checked: slerp has a base");
+            let (a, o) = (one(b, read)?, one(1 - b, read)?);
+            super::interp::slerp(num(&job.shared, "t", 0.5) as f32, &a, &o)
+        }
+        Method::ModelStock => {
+            let b = job.base.expect("checked: model_stock has a base");
+            let w0 = one(b, read)?;
+            let ws = (0..job.inputs.len()).filter(|k| *k != b).map(|k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&[f32]> = ws.iter().map(|v| v.as_slice()).collect();
+            let row = if flag(&job.shared, "filter_wise") && dims.len() >= 2 { *dims.last().expect("rank >= 2") } else { w0.len() };
+            super::interp::model_stock(&w0, &refs, row)
+        }
+        m => {
+            let g = m.gta().expect("the other methods are task arithmetic");
+            let b = job.base.expect("checked: task arithmetic has a base");
+            let base = one(b, read)?;
+            let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
+            let mut thetas = Vec::with_capacity(base.len() * others.len());
+            let mut rows = Vec::new();
+            for &k in &others {
+                load(k, &mut thetas, read)?;
+                let p = &job.per_input[k];
+                let mask = match &opts.masks {
+                    Some(st) if g.sparsify.is_some() => super::masks::lookup(st, &job.name, k, base.len())?,
+                    _ => None,
+                };
+                rows.push(Row {
+                    weight: num(p, "weight", 1.0),
+                    density: num(p, "density", 1.0),
+                    gamma: num(p, "gamma", 0.01),
+                    epsilon: num(p, "epsilon", 0.15),
+                    tall_lambda: num(p, "tall_lambda", 0.6),
+                    mask,
+                });
+            }
+            if others.is_empty() {
+                return Ok((base, Vec::new()));
+            }
+            let lines = num(&job.shared, "lines_alpha", 1.0) + num(&job.shared, "lines_beta", 0.0) * job.t;
+            let args = gta::Args {
+                name: &job.name,
+                dims,
+                gta: g,
+                semantics: r.ext.semantics.unwrap_or_default(),
+                seed,
+                normalize: flag(&job.shared, "normalize"),
+                rescale: flag(&job.shared, "rescale"),
+                lambda: num(&job.shared, "lambda", 1.0) * lines,
+                rows,
+                tall: flag(&job.shared, "tall_masks"),
+                consensus_k: num(&job.shared, "consensus_k", 0.0).max(0.0) as usize,
+            };
+            let o = gta::run(dev, &args, base, thetas).await?;
+            let masks = if args.tall { others.iter().copied().zip(o.tall_masks).collect() } else { Vec::new() };
+            return Ok((o.merged, masks));
+        }
+    };
+    Ok((out, Vec::new()))
+}

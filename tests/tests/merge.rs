@@ -1,0 +1,305 @@
+//! Model merging against mergekit 0.1.5 (fixtures by tests/fixtures/make_merge_goldens.py): every
+//! method's merged tensors equal mergekit's within 1e-6 on the CPU and the GPU (DARE / DELLA with
+//! mergekit's own masks imported), plus our RNG's statistics, the output folder, and bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use taskloom::formats::safetensors::SafeTensors;
+use taskloom::merge::{self, MemSink, Options, Recipe};
+use taskloom::models::hf::{DirFiles, Files, MemFiles};
+use taskloom::{Device, Error};
+use taskloom_tests::{first_violation, gpu_or_skip};
+
+const CASES: [&str; 15] = [
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "ties_unnormalized",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "slerp",
+    "model_stock",
+    "model_stock_filter_wise",
+    "passthrough",
+    "gradient_filter",
+];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/merge")
+}
+
+fn recipe(case: &str) -> Recipe {
+    merge::read_recipe(&fixtures().join(format!("{case}.yml"))).unwrap()
+}
+
+fn tensors(files: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<f32>> {
+    let mut out = BTreeMap::new();
+    for (name, bytes) in files.iter().filter(|(n, _)| n.ends_with(".safetensors") && n.starts_with("model")) {
+        let st = SafeTensors::from_bytes(name.clone(), bytes.clone()).unwrap();
+        for t in st.names() {
+            out.insert(t.to_string(), st.tensor(t).unwrap().to_f32_vec());
+        }
+    }
+    out
+}
+
+fn run(r: &Recipe, dev: &Device, opts: &Options) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+    let files = merge::model_dirs(r)?;
+    let mut sink = MemSink::default();
+    pollster::block_on(merge::merge(r, &files, dev, opts, &mut sink, &mut |_| {}))?;
+    Ok(sink.files)
+}
+
+fn with_masks(case: &str) -> Options {
+    let p = fixtures().join(format!("expected/{case}.masks.safetensors"));
+    Options { masks: p.exists().then(|| SafeTensors::open(&p).unwrap()), ..Options::default() }
+}
+
+fn check_against_mergekit(dev: &Device) {
+    for case in CASES {
+        let got = tensors(&run(&recipe(case), dev, &with_masks(case)).unwrap_or_else(|e| panic!("{case}: {e}")));
+        let st = SafeTensors::open(fixtures().join(format!("expected/{case}.safetensors"))).unwrap();
+        assert_eq!(got.len(), st.names().len(), "{case}: tensor count ({:?})", got.keys().collect::<Vec<_>>());
+        for name in st.names() {
+            let want = st.tensor(name).unwrap().to_f32_vec();
+            let g = got.get(name).unwrap_or_else(|| panic!("{case}: no tensor {name}"));
+            if let Some((i, gv, wv)) = first_violation(g, &want, 1e-6, 0.0) {
+                panic!("{case} on {}: {name}[{i}]: got {gv}, mergekit {wv}", dev.kind());
+            }
+        }
+    }
+}
+
+#[test]
+fn every_method_equals_mergekit_on_cpu() {
+    check_against_mergekit(&Device::cpu());
+}
+
+#[test]
+fn every_method_equals_mergekit_on_gpu() {
+    if let Some(dev) = gpu_or_skip("every_method_equals_mergekit_on_gpu") {
+        check_against_mergekit(&dev);
+    }
+}
+
+/// Our own RNG (no imported masks): the kept fraction is Binomial(n, ρ) within 4σ per tensor, the L1
+/// rescale restores each task vector's L1 norm, and a seed fixes the result.
+#[test]
+fn dare_with_our_rng_keeps_density_and_l1() {
+    let r = Recipe::parse(
+        &fixtures().join("x.yml").display().to_string(),
+        "merge_method: dare_linear\nbase_model: ../tiny/llama\nmodels:\n  - model: ft3\n    parameters: {weight: 1.0, density: 0.3}\n",
+    )
+    .unwrap();
+    let opts = |seed| Options { random_seed: Some(seed), ..Options::default() };
+    let a = tensors(&run(&r, &Device::cpu(), &opts(7)).unwrap());
+    let b = tensors(&run(&r, &Device::cpu(), &opts(7)).unwrap());
+    let c = tensors(&run(&r, &Device::cpu(), &opts(8)).unwrap());
+    assert_eq!(a, b, "same seed, same merge");
+    assert_ne!(a, c, "another seed, another mask");
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    let ft = SafeTensors::open(fixtures().join("ft3/model.safetensors")).unwrap();
+    let (mut kept, mut total) = (0usize, 0usize);
+    for name in base.names() {
+        let (b0, f) = (base.tensor(name).unwrap().to_f32_vec(), ft.tensor(name).unwrap().to_f32_vec());
+        let delta: Vec<f32> = f.iter().zip(&b0).map(|(x, y)| x - y).collect();
+        let merged: Vec<f32> = a[name].iter().zip(&b0).map(|(x, y)| x - y).collect();
+        let k = merged.iter().filter(|v| **v != 0.0).count();
+        let n = delta.len() as f64;
+        assert!((k as f64 - 0.3 * n).abs() <= 4.0 * (n * 0.21).sqrt() + 1.0, "{name}: kept {k} of {n}");
+        let (l1d, l1m) = (delta.iter().map(|v| v.abs() as f64).sum::<f64>(), merged.iter().map(|v| v.abs() as f64).sum::<f64>());
+        assert!((l1d - l1m).abs() <= 1e-5 * l1d, "{name}: L1 {l1m} vs {l1d}");
+        kept += k;
+        total += delta.len();
+    }
+    let p = kept as f64 / total as f64;
+    assert!((p - 0.3).abs() < 4.0 * (0.21 / total as f64).sqrt(), "overall keep rate {p}");
+}
+
+/// peft semantics: identical to mergekit's when every weight is 1 (research notes §8), different with
+/// unequal weights (weighted vs unweighted sign election, weight sum vs count divisor).
+#[test]
+fn peft_semantics_switch() {
+    let text = std::fs::read_to_string(fixtures().join("ties.yml")).unwrap();
+    let file = fixtures().join("ties.yml").display().to_string();
+    let ones = text.replace("weight: 0.3", "weight: 1.0").replace("weight: 0.7", "weight: 1.0");
+    let peft = |t: &str| format!("{t}taskloom:\n  semantics: peft\n");
+    let m = |t: &str| tensors(&run(&Recipe::parse(&file, t).unwrap(), &Device::cpu(), &Options::default()).unwrap());
+    assert_eq!(m(&ones), m(&peft(&ones)));
+    assert_ne!(m(&text), m(&peft(&text)));
+}
+
+/// LiNeS `α + β·t` equals mergekit's own `lambda` gradient `[α, α+β]` (same per-layer positions).
+#[test]
+fn lines_scaling_equals_a_lambda_gradient() {
+    let file = fixtures().join("ties.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines = text.replace("dtype: float32", "parameters:\n  lines_alpha: 0.4\n  lines_beta: 0.6\ndtype: float32");
+    let grad = text.replace("dtype: float32", "parameters:\n  lambda: [0.4, 1.0]\ndtype: float32");
+    let m = |t: &str| tensors(&run(&Recipe::parse(&file, t).unwrap(), &Device::cpu(), &Options::default()).unwrap());
+    let (a, b, plain) = (m(&lines), m(&grad), m(&text));
+    for (k, v) in &a {
+        assert!(first_violation(v, &b[k], 1e-7, 0.0).is_none(), "{k}");
+    }
+    assert_ne!(a, plain);
+}
+
+/// TALL masks are written bit-packed (numpy packbits, MSB first) and equal the definition; Consensus
+/// keeps the base where fewer than k masks agree.
+#[test]
+fn tall_masks_and_consensus() {
+    let file = fixtures().join("task_arithmetic.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace("  lambda: 0.8\n", "  lambda: 0.8\n  tall_masks: true\n  consensus_k: 2\n");
+    let r = Recipe::parse(&file, &text).unwrap();
+    let out = run(&r, &Device::cpu(), &Options::default()).unwrap();
+    let plain = tensors(&run(&recipe("task_arithmetic"), &Device::cpu(), &Options::default()).unwrap());
+    let merged = tensors(&out);
+    let masks = SafeTensors::from_bytes("tall", out["tall_masks.safetensors"].clone()).unwrap();
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    let fts: Vec<SafeTensors> = (1..=3).map(|i| SafeTensors::open(fixtures().join(format!("ft{i}/model.safetensors"))).unwrap()).collect();
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let b0 = base.tensor(name).unwrap().to_f32_vec();
+    let mtl: Vec<f32> = plain[name].iter().zip(&b0).map(|(x, y)| x - y).collect();
+    let mut count = vec![0; b0.len()];
+    for (k, ft) in fts.iter().enumerate() {
+        let tau: Vec<f32> = ft.tensor(name).unwrap().to_f32_vec().iter().zip(&b0).map(|(x, y)| x - y).collect();
+        let bits = masks.bytes(&format!("{name}:{k}")).unwrap();
+        for j in 0..b0.len() {
+            let want = tau[j].abs() > 0.6 * (mtl[j] - tau[j]).abs();
+            let got = bits[j / 8] >> (7 - j % 8) & 1 == 1;
+            assert_eq!(got, want, "task {k}, element {j}");
+            count[j] += want as usize;
+        }
+    }
+    for j in 0..b0.len() {
+        let want = if count[j] >= 2 { plain[name][j] } else { b0[j] };
+        assert_eq!(merged[name][j], want, "element {j}");
+    }
+    assert!(count.iter().any(|c| *c < 2) && count.iter().any(|c| *c >= 2), "consensus must both keep and drop");
+}
+
+/// The merged folder: config and tokenizer copied, shards + index when asked for small shards, and
+/// it runs in our runtime with transformers' logits for mergekit's merge (expected/logits.json).
+#[test]
+fn merged_folder_is_a_loadable_model() {
+    let dir = std::env::temp_dir().join(format!("taskloom-merge-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = Options { shard_bytes: 20_000, ..Options::default() };
+    let s = pollster::block_on(merge::merge_to_dir(&recipe("ties"), &dir, &Device::cpu(), &opts, &mut |_| {})).unwrap();
+    assert_eq!(s.tensors, 20);
+    assert!(dir.join("model.safetensors.index.json").exists() && dir.join("tokenizer.json").exists() && dir.join("config.json").exists());
+    let files = DirFiles(dir.clone());
+    assert!(files.weights().unwrap().0.len() > 1, "expected several shards");
+    let want = taskloom_tests::fixture_json("merge/expected/logits.json");
+    let ids: Vec<u32> = want["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let expected: Vec<f32> = want["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect();
+    let cfg = taskloom::models::config::ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let taskloom::models::config::ModelConfig::Llama(cfg) = cfg else { panic!("not a decoder") };
+    let dev = Device::cpu();
+    let model = taskloom::models::llama::Llama::load(&dev, cfg, &files.weights().unwrap()).unwrap();
+    let mut cache = model.new_cache();
+    let logits = pollster::block_on(dev.download(&model.forward(&dev, &ids, &mut cache, true).unwrap())).unwrap();
+    if let Some((i, g, w)) = first_violation(logits.as_f32().unwrap(), &expected, 1e-4, 1e-4) {
+        panic!("logit {i}: got {g}, transformers on mergekit's merge {w}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn parse_err(yaml: &str) -> String {
+    match Recipe::parse("bad.yml", yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => {
+            assert!(matches!(e, Error::Recipe { .. }), "{e:?}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn bad_recipes_are_typed_errors() {
+    let ok = "merge_method: ties\nbase_model: b\nmodels:\n  - model: a\n    parameters: {weight: 1, density: 0.5}\n";
+    assert!(Recipe::parse("ok.yml", ok).is_ok());
+    assert!(parse_err("merge_method: [unclosed\n").contains("bad.yml"));
+    assert!(parse_err(&ok.replace("ties", "frankenmerge")).contains("unknown method 'frankenmerge'"));
+    assert!(parse_err(&format!("{ok}dtyp: float32\n")).contains("dtyp"));
+    assert!(parse_err(&ok.replace("density", "densiti")).contains("unknown parameter 'densiti'"));
+    assert!(parse_err(&ok.replace("base_model: b\n", "")).contains("needs a base_model"));
+    assert!(parse_err(&format!("{ok}dtype: float8\n")).contains("float8"));
+    assert!(parse_err(&format!("{ok}tokenizer_source: union\n")).contains("union"));
+    assert!(parse_err("merge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n  - model: b\n  - model: c\nparameters: {t: 0.5}\n").contains("slerp"));
+}
+
+/// Bad models: density outside (0, 1], a missing tensor, a shape disagreement; each error names the
+/// tensor and model, and a failed merge leaves no output folder.
+#[test]
+fn bad_models_are_typed_errors_and_leave_nothing() {
+    let base = DirFiles(fixtures().join("../tiny/llama"));
+    let read = |d: &DirFiles| -> BTreeMap<String, Vec<u8>> {
+        ["config.json", "model.safetensors"].iter().map(|f| (f.to_string(), d.read(f).unwrap().unwrap())).collect()
+    };
+    let mut broken = read(&DirFiles(fixtures().join("ft1")));
+    // Rewrite ft1 without one tensor and with another reshaped.
+    let st = SafeTensors::from_bytes("ft1", broken["model.safetensors"].clone()).unwrap();
+    let mut kept = Vec::new();
+    for n in st.names() {
+        if n == "model.layers.0.mlp.up_proj.weight" {
+            continue;
+        }
+        let mut t = st.tensor(n).unwrap();
+        if n == "model.norm.weight" {
+            let v = t.to_f32_vec();
+            t = taskloom::TensorData::f32(&[v.len() / 2, 2], v).unwrap();
+        }
+        kept.push((n.to_string(), t));
+    }
+    let refs: Vec<(&str, &taskloom::TensorData)> = kept.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    broken.insert("model.safetensors".into(), taskloom::formats::safetensors::serialize(&refs, None).unwrap());
+    let r = Recipe::parse("r.yml", "merge_method: ties\nbase_model: base\nmodels:\n  - model: broken\n    parameters: {weight: 1, density: 0.5}\n").unwrap();
+    let files: Vec<Box<dyn Files>> = vec![Box::new(MemFiles(read(&base))), Box::new(MemFiles(broken))];
+    let mut sink = MemSink::default();
+    let e = pollster::block_on(merge::merge(&r, &files, &Device::cpu(), &Options::default(), &mut sink, &mut |_| {})).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Merge { .. }), "{e:?}");
+    assert!(msg.contains("model.layers.0.mlp.up_proj.weight") && msg.contains("broken"), "{msg}");
+
+    let file = fixtures().join("ties.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap();
+    for bad in ["density: 1.5", "density: 0", "density: -0.2"] {
+        let r = Recipe::parse(&file, &text.replacen("density: 0.5", bad, 1)).unwrap();
+        let dir = std::env::temp_dir().join(format!("taskloom-merge-bad-{}", std::process::id()));
+        let e = pollster::block_on(merge::merge_to_dir(&r, &dir, &Device::cpu(), &Options::default(), &mut |_| {})).unwrap_err();
+        assert!(e.to_string().contains("outside (0, 1]") && e.to_string().contains("ft1"), "{bad}: {e}");
+        assert!(!dir.exists(), "a failed merge left {}", dir.display());
+        let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!(".taskloom-merge-bad-{}", std::process::id())))
+            .collect();
+        assert!(leftovers.is_empty(), "partial folder left behind");
+    }
+    // Shape disagreement.
+    let mut shaped = read(&DirFiles(fixtures().join("ft2")));
+    let st = SafeTensors::from_bytes("ft2", shaped["model.safetensors"].clone()).unwrap();
+    let kept: Vec<(String, taskloom::TensorData)> = st
+        .names()
+        .iter()
+        .map(|n| {
+            let t = st.tensor(n).unwrap();
+            let t = if *n == "model.norm.weight" { taskloom::TensorData::f32(&[16, 2], t.to_f32_vec()).unwrap() } else { t };
+            (n.to_string(), t)
+        })
+        .collect();
+    let refs: Vec<(&str, &taskloom::TensorData)> = kept.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    shaped.insert("model.safetensors".into(), taskloom::formats::safetensors::serialize(&refs, None).unwrap());
+    let files: Vec<Box<dyn Files>> = vec![Box::new(MemFiles(read(&base))), Box::new(MemFiles(shaped))];
+    let e = pollster::block_on(merge::merge(&r_named("shaped"), &files, &Device::cpu(), &Options::default(), &mut MemSink::default(), &mut |_| {})).unwrap_err();
+    assert!(e.to_string().contains("model.norm.weight") && e.to_string().contains("shape"), "{e}");
+}
+
+fn r_named(m: &str) -> Recipe {
+    Recipe::parse("r.yml", &format!("merge_method: ties\nbase_model: base\nmodels:\n  - model: {m}\n    parameters: {{weight: 1, density: 0.5}}\n")).unwrap()
+}
