@@ -24,7 +24,7 @@ HF=${SMOLLM_HF:-$ANCHOR_WORK/smollm2-hf}
 [ -f "$HF/config.json" ] || (cd "$PEERS" && "$REFPY" smollm2_convert.py)
 [ -f "$ANCHOR_WORK/lora/a7/adapter_model.safetensors" ] || (cd "$PEERS" && "$REFPY" lora_make_adapters.py)
 cargo build --release -q -p taskloom --example bench_lora
-BIN=$(mktemp)
+BIN=$(mktemp -p target)  # /tmp may be mounted noexec
 cp target/release/examples/bench_lora "$BIN"
 out=$(mktemp)
 (cd "$PEERS" && "$REFPY" lora_merge_unload.py --runs "$RUNS" 2>/dev/null | grep '^anchor=') | tee -a "$out"
