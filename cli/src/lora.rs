@@ -100,31 +100,24 @@ fn fuse(a: FuseArgs) -> CliResult {
     let (files, cfg) = config(&a.model)?;
     let weights = files.weights()?;
     let t0 = std::time::Instant::now();
+    // Llama and Bert share the adapter calls but no trait; one body serves both.
+    macro_rules! fuse_model {
+        ($model:expr) => {{
+            let mut m = $model;
+            let t_load = t0.elapsed();
+            for (ad, _) in adapters {
+                m.add_adapter(&dev, ad)?;
+            }
+            m.set_adapters(mix)?;
+            m.fuse(&dev)?;
+            let out = pollster::block_on(m.fused_tensors(&dev))?;
+            report_time(a.json, t_load, t0.elapsed());
+            out
+        }};
+    }
     let replaced: Vec<(String, TensorData)> = match cfg {
-        ModelConfig::Llama(c) => {
-            let mut m = Llama::load(&dev, c, &weights)?;
-            let t_load = t0.elapsed();
-            for (ad, _) in adapters {
-                m.add_adapter(&dev, ad)?;
-            }
-            m.set_adapters(mix)?;
-            m.fuse(&dev)?;
-            let out = pollster::block_on(m.fused_tensors(&dev))?;
-            report_time(a.json, t_load, t0.elapsed());
-            out
-        }
-        ModelConfig::Bert(c) => {
-            let mut m = Bert::load(&dev, c, &weights)?;
-            let t_load = t0.elapsed();
-            for (ad, _) in adapters {
-                m.add_adapter(&dev, ad)?;
-            }
-            m.set_adapters(mix)?;
-            m.fuse(&dev)?;
-            let out = pollster::block_on(m.fused_tensors(&dev))?;
-            report_time(a.json, t_load, t0.elapsed());
-            out
-        }
+        ModelConfig::Llama(c) => fuse_model!(Llama::load(&dev, c, &weights)?),
+        ModelConfig::Bert(c) => fuse_model!(Bert::load(&dev, c, &weights)?),
         #[allow(unreachable_patterns)]
         _ => return Err(msg("lora fuse supports BERT and Llama-family folders")),
     };
@@ -152,19 +145,17 @@ fn combine(a: CombineArgs) -> CliResult {
     // The adapters must fit the model: registering them on it checks every module and shape.
     let (files, cfg) = config(&a.model)?;
     let dev = taskloom::Device::cpu();
+    macro_rules! register_all {
+        ($model:expr) => {{
+            let mut m = $model;
+            for (ad, _) in &adapters {
+                m.add_adapter(&dev, ad.clone())?;
+            }
+        }};
+    }
     match cfg {
-        ModelConfig::Llama(c) => {
-            let mut m = Llama::load(&dev, c, &files.weights()?)?;
-            for (ad, _) in &adapters {
-                m.add_adapter(&dev, ad.clone())?;
-            }
-        }
-        ModelConfig::Bert(c) => {
-            let mut m = Bert::load(&dev, c, &files.weights()?)?;
-            for (ad, _) in &adapters {
-                m.add_adapter(&dev, ad.clone())?;
-            }
-        }
+        ModelConfig::Llama(c) => register_all!(Llama::load(&dev, c, &files.weights()?)?),
+        ModelConfig::Bert(c) => register_all!(Bert::load(&dev, c, &files.weights()?)?),
         #[allow(unreachable_patterns)]
         _ => return Err(msg("lora combine supports adapters of BERT and Llama-family models")),
     }

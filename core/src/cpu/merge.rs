@@ -3,7 +3,7 @@
 //! natively they run in parallel (rayon); results do not depend on the thread count.
 
 use crate::op::Consensus;
-use crate::sparsify::{abs_key, rank_range_mask, uniform};
+use crate::sparsify::{abs_key, rank_range_mask, sign, uniform};
 
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
@@ -130,14 +130,4 @@ pub(crate) fn task_merge(
         }
     });
     out
-}
-
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
 }

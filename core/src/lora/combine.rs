@@ -51,7 +51,7 @@ mod svd;
 
 use super::{Adapter, LoraConfig, LoraModule, Targets};
 use crate::error::{Error, Result};
-use crate::sparsify::{keep, tensor_key, topk_abs_mask};
+use crate::sparsify::{keep, sign, tensor_key, topk_abs_mask};
 use crate::tensor::TensorData;
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -479,17 +479,6 @@ impl<'a> Plan<'a> {
 struct Task {
     x: Vec<f32>,
     key: String,
-}
-
-/// `torch.sign`: 0 for 0.
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
 }
 
 /// `sᵢ·Bᵢ·Aᵢ [Out, In]` as PEFT's `get_delta_weight` (f32 product, then the scale).

@@ -21,6 +21,17 @@
 //! Selecting the k largest magnitudes breaks ties by the lower flat index, so the kept set is the
 //! same everywhere (PyTorch's `topk` and `argsort` leave it unspecified).
 
+/// `torch.sign`: -1, 0 or 1 (0 for ±0); the sign TIES-style elections vote with.
+pub fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
 /// FNV-1a (32-bit) of a tensor name: the tensor part of the RNG key.
 pub fn tensor_key(name: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
