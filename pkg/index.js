@@ -276,6 +276,15 @@ async function gatherModel(source, opts) {
     for (const name of Array.isArray(parsed.weights) ? parsed.weights : []) {
       files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
     }
+    // LoRA branches: the shared adapter and the adapters of the tasks being loaded (only those).
+    const wanted = Array.isArray(opts?.tasks) && opts.tasks.length ? opts.tasks : Object.keys(parsed.tasks ?? {});
+    const dirs = [parsed.shared_adapter, ...wanted.map((t) => parsed.tasks?.[t]?.adapter)].filter((d) => typeof d === "string");
+    for (const dir of dirs) {
+      for (const f of ["adapter_config.json", "adapter_model.safetensors"]) {
+        const name = `${dir.replace(/\/+$/, "")}/${f}`;
+        files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
+      }
+    }
     const trunk = parsed.trunk?.type === "hf" ? parsed.trunk.path : null;
     if (trunk && !opts?.trunk && !String(trunk).includes("${")) {
       for (const [k, v] of Object.entries(await gatherFiles(new URL(trunk, root).href, onProgress))) files[`trunk/${k}`] = v;

@@ -56,6 +56,9 @@ const cases = [
   // regression and token-level heads.
   { folder: "blocks/vit-moe", count: 4 },
   { folder: "blocks/vit-mmoe", count: 4 },
+  // Input-routed task deltas (factored, router on the device) and MTLoRA branches on an hf trunk.
+  { folder: "blocks/vit-deltas", count: 6 },
+  { folder: "blocks/bert-lora", count: 5 },
 ];
 
 for (const device of ["webgpu", "cpu"]) {

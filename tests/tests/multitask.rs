@@ -25,8 +25,12 @@ fn floats(v: &Value) -> Vec<f32> {
     v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
 }
 
+/// The fixture's inputs: images (pixel lists) or texts.
 fn images(exp: &Value) -> Vec<Input> {
-    exp["inputs"].as_array().expect("inputs").iter().map(|i| Input::Image(floats(i))).collect()
+    exp["inputs"].as_array().expect("inputs").iter().map(|i| match i.as_str() {
+        Some(t) => Input::Text(t.into()),
+        None => Input::Image(floats(i)),
+    }).collect()
 }
 
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -114,10 +118,11 @@ fn model_case(name: &str, dev: Device) -> (Run, Value) {
     let run = pollster::block_on(model.run(&inputs, Some(&tasks))).expect("run");
     check_outputs(&what, &run, &exp, &tasks);
     check_routing(&what, &run, &exp);
+    check_router(&what, &run, &exp);
 
     // Task subsets: fewer device bytes (from the allocator), the same parts as the reference's
     // accounting (gates differ by design: re-indexed, with routing vectors), unchanged outputs.
-    for r in exp["residency"].as_array().expect("residency") {
+    for r in exp["residency"].as_array().map_or(&[][..], |v| v.as_slice()) {
         let sub: Vec<&str> = r["tasks"].as_array().expect("tasks").iter().map(|t| t.as_str().expect("task")).collect();
         let before = dev.uploaded_bytes();
         let m = MultiTask::load_dir(&dir, dev.clone(), Some(&sub)).expect("subset load");
@@ -129,6 +134,9 @@ fn model_case(name: &str, dev: Device) -> (Run, Value) {
         assert_eq!(m.all_tasks_bytes(), model.resident_bytes(), "{at}: all-tasks bytes");
         let (got, b) = (m.residency(), &r["breakdown"]);
         assert_eq!([got.trunk, got.experts, got.heads, got.mmoe], ["trunk", "experts", "heads", "mmoe"].map(|k| b[k].as_u64().expect("bytes")), "{at}: residency {got:?}");
+        if let Some(a) = b["adapters"].as_u64() {
+            assert_eq!(got.adapters, a, "{at}: adapter and delta bytes");
+        }
         let sub_run = pollster::block_on(m.run(&inputs, None)).expect("subset run");
         // Same routes and labels; values equal up to summation order (a subset's gates are narrower
         // matrices, which the CPU GEMM may block differently): 1e-6, ten times under the goldens'.
@@ -146,6 +154,18 @@ fn model_case(name: &str, dev: Device) -> (Run, Value) {
         check_outputs(&at, &sub_run, &exp, &sub);
     }
     (run, exp)
+}
+
+/// The deltas' router weights per input (Twin-Merging / WEMoE) against the reference's.
+fn check_router(what: &str, run: &Run, exp: &Value) {
+    let Some(want) = exp["router"].as_array() else {
+        assert!(run.deltas.is_empty(), "{what}: router weights from a model without deltas");
+        return;
+    };
+    assert_eq!(run.deltas.len(), want.len(), "{what}: router rows");
+    for (i, (g, w)) in run.deltas.iter().zip(want).enumerate() {
+        close(&format!("{what}: router weights of input {i}"), g, &floats(w), 1e-5);
+    }
 }
 
 fn block_case(name: &str, dev: Device) {
@@ -172,6 +192,39 @@ fn vit_moe_sigmoid_normalized() {
 #[test]
 fn vit_mmoe_regression_token_level() {
     each_device("vit_mmoe", |d| block_case("vit-mmoe", d));
+}
+
+/// Input-routed task deltas on a ViT (Twin-Merging: router on the pooled feature of a shared
+/// pass, softmax; ranks 2, 3, 1 zero-padded in one stack; a delta that skips a target; the fused
+/// qkv's delta split across q, k, v), factored on the device, against the per-input merged forward.
+#[test]
+fn vit_input_routed_task_deltas() {
+    each_device("vit_deltas", |d| block_case("vit-deltas", d));
+}
+
+/// MTLoRA-style branches on an hf trunk: a shared adapter for every task, task adapters for two of
+/// three tasks (three trunk streams in one mixed batch), plus input-routed deltas with a raw
+/// (WEMoE-style) router; against per-input merged weights (the LoRA part also checked against PEFT
+/// by the fixture script). A task subset uploads fewer adapter bytes and gives the same outputs.
+#[test]
+fn bert_task_adapters_and_deltas() {
+    each_device("bert_lora", |dev| {
+        let (run, exp) = model_case("blocks/bert-lora", dev.clone());
+        let what = format!("bert-lora on {}", dev.kind());
+        let dir = folder("blocks/bert-lora");
+        let full = MultiTask::load_dir(&dir, dev.clone(), None).expect("load");
+        let before = dev.uploaded_bytes();
+        let sub = MultiTask::load_dir(&dir, dev.clone(), Some(&["c"])).expect("subset load");
+        if let (Some(a), Some(b)) = (before, dev.uploaded_bytes()) {
+            assert_eq!(b - a, sub.resident_bytes(), "{what}: allocator statistics vs reported resident bytes");
+        }
+        assert!(sub.residency().adapters < full.residency().adapters, "{what}: {:?} vs {:?}", sub.residency(), full.residency());
+        assert_eq!(sub.all_tasks_bytes(), full.resident_bytes(), "{what}: all-tasks bytes of a subset");
+        let r = pollster::block_on(sub.run(&images(&exp), None)).expect("subset run");
+        check_outputs(&format!("{what}, subset [c]"), &r, &exp, &["c"]);
+        check_router(&format!("{what}, subset [c]"), &r, &exp);
+        assert_eq!(run.deltas.len(), r.deltas.len());
+    });
 }
 
 /// The trained digits model: every held-out prediction equals PyTorch's (checked in `model_case`,
@@ -278,5 +331,51 @@ fn bad_models_and_requests_are_typed_errors() {
     assert_eq!(e.code(), "BAD_INPUT", "{e}");
     let e = pollster::block_on(m.run(&[Input::Text("hi".into())], None)).expect_err("text");
     assert_eq!(e.code(), "BAD_INPUT", "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bad deltas / adapter descriptions are typed errors naming what is wrong.
+#[test]
+fn bad_deltas_and_adapters_are_typed_errors() {
+    let src = folder("blocks/vit-deltas");
+    let good = std::fs::read_to_string(src.join("taskloom.json")).expect("read");
+    let dir = std::env::temp_dir().join(format!("taskloom-mt-bad-deltas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).expect("copy");
+    let load = |f: &dyn Fn(&mut Value)| -> taskloom::Error {
+        let mut v: Value = serde_json::from_str(&good).expect("json");
+        f(&mut v);
+        std::fs::write(dir.join("taskloom.json"), v.to_string()).expect("write");
+        match MultiTask::load_dir(&dir, Device::cpu(), None) {
+            Ok(_) => panic!("{v} loaded"),
+            Err(e) => e,
+        }
+    };
+    let e = load(&|v| v["deltas"]["targets"][1] = "trunk.blocks.1.mlp.fc9".into());
+    assert!(e.to_string().contains("trunk.blocks.1.mlp.fc9") && e.code() == "BAD_INPUT", "{e}");
+    let e = load(&|v| v["deltas"]["names"][2] = "d".into());
+    assert!(e.to_string().contains("deltas.d.") || e.to_string().contains("deltas.router"), "{e}");
+    let e = load(&|v| v["deltas"]["router"]["layers"] = 3.into());
+    assert!(e.to_string().contains("deltas.router.2.weight"), "{e}");
+    let e = load(&|v| v["deltas"]["router"]["temperature"] = 2.into());
+    assert!(e.to_string().contains("temperature"), "{e}");
+    let e = load(&|v| v["tasks"]["x"]["adapter"] = "lora/x".into());
+    assert!(matches!(&e, taskloom::Error::Task { task, .. } if task == "x") && e.to_string().contains("hf trunk"), "{e}");
+    let e = load(&|v| v["shared_adapter"] = "lora/s".into());
+    assert!(e.to_string().contains("shared_adapter"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // An hf model whose task adapter folder is missing names the folder.
+    let src = folder("blocks/bert-lora");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(src.join("taskloom.json")).expect("read")).expect("json");
+    v["tasks"]["a"]["adapter"] = "lora/missing".into();
+    v.as_object_mut().expect("object").remove("shared_adapter");
+    v["tasks"]["b"].as_object_mut().expect("object").remove("adapter");
+    v["trunk"]["path"] = folder("../tiny/bert").display().to_string().into();
+    let dir = std::env::temp_dir().join(format!("taskloom-mt-bad-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).expect("copy");
+    std::fs::write(dir.join("taskloom.json"), v.to_string()).expect("write");
+    let e = MultiTask::load_dir(&dir, Device::cpu(), None).err().expect("missing adapter");
+    assert!(e.to_string().contains("lora/missing") && e.code() == "BAD_INPUT", "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

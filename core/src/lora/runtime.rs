@@ -227,9 +227,29 @@ fn refuse(dev: &Device, adapters: &[Arc<Adapter>], mix: &BTreeMap<usize, f32>, l
 
 /// The adapter-management operations every adapter-capable model offers.
 pub(crate) fn add<H: LoraHost + ?Sized>(host: &mut H, dev: &Device, adapter: Adapter) -> Result<()> {
-    host.check_saved(&adapter)?;
-    let name = adapter.name.clone();
+    add_all(host, dev, vec![adapter])
+}
+
+/// Registers several adapters with one restack (so each linear's stacks are uploaded once); on an
+/// error none is registered.
+pub(crate) fn add_all<H: LoraHost + ?Sized>(host: &mut H, dev: &Device, adapters: Vec<Adapter>) -> Result<()> {
+    for a in &adapters {
+        host.check_saved(a)?;
+    }
     let (set, mut linears) = host.lora_parts();
+    let before = set.adapters.len();
+    for adapter in adapters {
+        if let Err(e) = check_fits(set, &linears, &adapter) {
+            set.adapters.truncate(before);
+            return Err(e);
+        }
+        set.adapters.push(Arc::new(adapter));
+    }
+    restack(dev, set, &mut linears)
+}
+
+fn check_fits(set: &LoraSet, linears: &[&mut Linear], adapter: &Adapter) -> Result<()> {
+    let name = adapter.name.clone();
     if set.get(&name).is_some() {
         return Err(Error::Adapter { adapter: name, reason: "an adapter with this name is already loaded; remove it first".into() });
     }
@@ -247,8 +267,7 @@ pub(crate) fn add<H: LoraHost + ?Sized>(host: &mut H, dev: &Device, adapter: Ada
             });
         }
     }
-    set.adapters.push(Arc::new(adapter));
-    restack(dev, set, &mut linears)
+    Ok(())
 }
 
 pub(crate) fn remove<H: LoraHost + ?Sized>(host: &mut H, dev: &Device, name: &str) -> Result<()> {

@@ -219,6 +219,14 @@ impl Bert {
         TensorData::f32(&[b, nl], out)
     }
 
+    /// Registers adapters that save no modules, with one upload of the stacked factors.
+    pub fn add_adapters(&mut self, dev: &Device, adapters: Vec<Adapter>) -> Result<()> {
+        if let Some(a) = adapters.iter().find(|a| !a.saved.is_empty()) {
+            return Err(crate::error::Error::Adapter { adapter: a.name.clone(), reason: "saves modules (modules_to_save); register it with add_adapter".into() });
+        }
+        runtime::add_all(self, dev, adapters)
+    }
+
     /// Registers an adapter (and the classifier it saves, if any).
     pub fn add_adapter(&mut self, dev: &Device, adapter: Adapter) -> Result<()> {
         let name = adapter.name.clone();

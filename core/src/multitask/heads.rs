@@ -21,7 +21,12 @@ pub(crate) struct Head {
 impl Head {
     /// `shapes[i] = [out, in]` of layer i, as checked against the files.
     pub fn load(l: &Loader, task: &str, shapes: &[[usize; 2]], act: Act) -> Result<Head> {
-        let layers = shapes.iter().enumerate().map(|(i, [o, n])| linear(l, &format!("heads.{task}.{i}"), *n, *o)).collect::<Result<_>>()?;
+        Head::load_prefixed(l, &format!("heads.{task}"), shapes, act)
+    }
+
+    /// Layers `{prefix}.{i}`.
+    pub fn load_prefixed(l: &Loader, prefix: &str, shapes: &[[usize; 2]], act: Act) -> Result<Head> {
+        let layers = shapes.iter().enumerate().map(|(i, [o, n])| linear(l, &format!("{prefix}.{i}"), *n, *o)).collect::<Result<_>>()?;
         Ok(Head { layers, act })
     }
 

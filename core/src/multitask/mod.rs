@@ -12,6 +12,7 @@
 //!   is measured from what was uploaded; [`MultiTask::all_tasks_bytes`] from loading every task's
 //!   parts (on the CPU, when a subset was asked for).
 
+pub mod deltas;
 pub mod heads;
 pub mod routed;
 pub mod spec;
@@ -22,6 +23,8 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::SafeTensors;
 use crate::models::bert::{pool, Pooling};
 use crate::models::hf::{Encoder, Files, Shards};
+use crate::lora::runtime::{LoraHost, Mix};
+use crate::lora::Adapter;
 use crate::models::{Progress, Weights};
 use crate::op::Op;
 use crate::tensor::{Tensor, TensorData};
@@ -45,11 +48,14 @@ pub struct Residency {
     pub heads: u64,
     /// The MMoE experts and the loaded tasks' MMoE gates (0 when no loaded task reads the mixture).
     pub mmoe: u64,
+    /// LoRA factors (the shared adapter, the loaded tasks' adapters and the input-routed task
+    /// deltas, stacked per linear as the multi-LoRA kernels read them) and the deltas' router.
+    pub adapters: u64,
 }
 
 impl Residency {
     pub fn total(&self) -> u64 {
-        self.trunk + self.experts + self.gates + self.heads + self.mmoe
+        self.trunk + self.experts + self.gates + self.heads + self.mmoe + self.adapters
     }
 }
 
@@ -60,6 +66,7 @@ pub(crate) enum Part {
     Gates,
     Heads,
     Mmoe,
+    Adapters,
 }
 
 /// Reads tensors (as f32) and uploads them, counting the bytes that reach the device by [`Part`].
@@ -86,6 +93,7 @@ impl<'a> Loader<'a> {
             Part::Gates => r.gates += n,
             Part::Heads => r.heads += n,
             Part::Mmoe => r.mmoe += n,
+            Part::Adapters => r.adapters += n,
         }
         self.bytes.set(r);
     }
@@ -149,6 +157,9 @@ pub struct Run {
     /// Per input: `{ task: output }`.
     pub outputs: Vec<BTreeMap<String, Output>>,
     pub routing: Routing,
+    /// Per input, the deltas' router weights (in `deltas.names` order); empty without deltas.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<Vec<f32>>,
 }
 
 enum Trunk {
@@ -165,8 +176,76 @@ pub struct MultiTask {
     trunk: Trunk,
     mmoe: Option<Mmoe>,
     heads: BTreeMap<String, Head>,
+    /// The deltas' router (when the model has `deltas`).
+    router: Option<deltas::Router>,
     resident: Residency,
     all_tasks: u64,
+}
+
+/// The adapter mix of `task`'s trunk pass on an hf trunk: the shared adapter and its own.
+fn task_mix(spec: &Spec, task: &str) -> Mix {
+    let mut m = Vec::new();
+    if spec.shared_adapter.is_some() {
+        m.push((SHARED.to_string(), 1.0));
+    }
+    if spec.tasks[task].adapter.is_some() {
+        m.push((format!("task:{task}"), 1.0));
+    }
+    m
+}
+
+const SHARED: &str = "shared";
+
+/// The mix of a pass with the shared adapter only (the deltas' router pass).
+fn task_mix_shared(spec: &Spec) -> Mix {
+    spec.shared_adapter.iter().map(|_| (SHARED.to_string(), 1.0)).collect()
+}
+
+/// `files` under the folder `dir/` (an adapter folder beside taskloom.json).
+struct SubFiles<'a> {
+    files: &'a dyn Files,
+    dir: String,
+}
+
+impl Files for SubFiles<'_> {
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        self.files.read(&format!("{}/{rel}", self.dir))
+    }
+    fn weights(&self) -> Result<Shards> {
+        Err(Error::InvalidParam { op: "multitask", reason: format!("{}: an adapter folder has no model weights", self.name()) })
+    }
+    fn name(&self) -> String {
+        format!("{}/{}", self.files.name(), self.dir)
+    }
+}
+
+/// The PEFT adapters an hf trunk needs for `tasks`: the shared one, the tasks' own (read from
+/// their folders) and the deltas, named as [`task_mix`] and [`deltas::hf_adapters`] name them.
+fn hf_adapters(files: &dyn Files, l: &Loader, spec: &Spec, tasks: &[String]) -> Result<Vec<Adapter>> {
+    let sub = |dir: &str| SubFiles { files, dir: dir.trim_end_matches('/').to_string() };
+    let mut out = Vec::new();
+    if let Some(dir) = &spec.shared_adapter {
+        out.push(Adapter::load(SHARED, &sub(dir))?);
+    }
+    for t in tasks {
+        if let Some(dir) = &spec.tasks[t].adapter {
+            out.push(Adapter::load(&format!("task:{t}"), &sub(dir))?);
+        }
+    }
+    out.extend(deltas::hf_adapters(l, spec)?);
+    Ok(out)
+}
+
+/// Bytes of the stacked factors `adapters` give `linears` (`(name, in, out)`): every targeted
+/// linear holds `N × R_max × (in + out)` f32s, N = all adapters (see `lora::runtime`).
+fn stack_bytes(adapters: &[Adapter], linears: &[(String, usize, usize)]) -> u64 {
+    linears
+        .iter()
+        .map(|(name, i, o)| {
+            let r = adapters.iter().filter_map(|a| a.modules.get(name)).map(|m| m.r).max().unwrap_or(0);
+            (adapters.len() * r * (i + o) * 4) as u64
+        })
+        .sum()
 }
 
 /// What the tasks-dependent part of a model holds.
@@ -260,10 +339,31 @@ impl MultiTask {
         }
         let w = Shards(shards);
         let l = Loader::new(&device, &w);
+        // Adapter bytes for every task (an hf trunk with a task subset; else counted below).
+        let (mut loaded_stacks, mut all_stacks) = (0u64, 0u64);
         let (trunk, c) = match (&spec.trunk, &spec.input) {
             (TrunkSpec::Vit(v), InputSpec::Image { height, width, channels, scale }) => {
                 let heads = spec.check_weights(&w.0, v.dim)?;
-                let vit = vit::Vit::load(&l, v, (*height, *width, *channels), *scale)?;
+                let mut vit = vit::Vit::load(&l, v, (*height, *width, *channels), *scale)?;
+                if let Some(d) = &spec.deltas {
+                    l.part(Part::Adapters);
+                    for target in &d.targets {
+                        let per = d.names.iter().map(|n| deltas::factors(&l, n, target)).collect::<Result<Vec<_>>>()?;
+                        let (i, lin) = spec::vit_target(v, target).expect("checked in parse");
+                        let (c, h, blk) = (v.dim, v.mlp_dim, &mut vit.blocks[i]);
+                        match lin {
+                            "attn.qkv" => {
+                                for (j, q) in blk.qkv.iter_mut().enumerate() {
+                                    q.lora = deltas::stack(&l, &per, c, j * c..(j + 1) * c)?;
+                                }
+                            }
+                            "attn.proj" => blk.proj.lora = deltas::stack(&l, &per, c, 0..c)?,
+                            "mlp.fc1" => blk.mlp.as_mut().expect("dense block").0.lora = deltas::stack(&l, &per, c, 0..h)?,
+                            _ => blk.mlp.as_mut().expect("dense block").1.lora = deltas::stack(&l, &per, h, 0..c)?,
+                        }
+                    }
+                    l.part(Part::Trunk);
+                }
                 ((Trunk::Vit(Box::new(vit), Vec::new()), heads), v.dim)
             }
             (TrunkSpec::Hf { path }, _) => {
@@ -272,16 +372,35 @@ impl MultiTask {
                     reason: format!("{}: the hf trunk '{path}' was not given (pass the trunk's files)", spec.name),
                 })?;
                 let loaded = Cell::new(0u64);
-                let enc = Encoder::load_with_progress(tf, device.clone(), &|p: Progress| loaded.set(p.loaded))?;
+                let mut enc = Encoder::load_with_progress(tf, device.clone(), &|p: Progress| loaded.set(p.loaded))?;
                 l.add(loaded.get());
                 let c = enc.bert.cfg.hidden_size;
                 let heads = spec.check_weights(&w.0, c)?;
+                let adapters = hf_adapters(files, &l, &spec, &selected)?;
+                let linears: Vec<(String, usize, usize)> = enc.bert.lora_parts().1.iter().map(|x| (x.name.clone(), x.inp, x.out)).collect();
+                l.part(Part::Adapters);
+                loaded_stacks = stack_bytes(&adapters, &linears);
+                l.add(loaded_stacks);
+                if selected.len() < spec.tasks.len() {
+                    let all: Vec<String> = spec.tasks.keys().cloned().collect();
+                    let cpu = Device::cpu();
+                    all_stacks = stack_bytes(&hf_adapters(files, &Loader::new(&cpu, &w), &spec, &all)?, &linears);
+                }
+                if !adapters.is_empty() {
+                    enc.bert.add_adapters(&device, adapters)?;
+                }
+                l.part(Part::Trunk);
                 ((Trunk::Hf(Box::new(enc)), heads), c)
             }
             _ => unreachable!("Spec::parse pairs inputs with trunks"),
         };
         let (mut trunk, head_shapes) = trunk;
         let parts = load_parts(&l, &spec, &selected, &head_shapes, c)?;
+        l.part(Part::Adapters);
+        let router = match &spec.deltas {
+            Some(d) => Some(deltas::Router::load(&l, d, c)?),
+            None => None,
+        };
         let resident = l.bytes.get();
         let all_tasks = if selected.len() == spec.tasks.len() {
             resident.total()
@@ -290,12 +409,14 @@ impl MultiTask {
             let counter = Loader::new(&cpu, &w);
             let all: Vec<String> = spec.tasks.keys().cloned().collect();
             load_parts(&counter, &spec, &all, &head_shapes, c)?;
-            resident.trunk + counter.bytes.get().total()
+            // The trunk and everything every task shares (ViT deltas and the router) are resident
+            // either way; an hf trunk's adapter stacks grow with the number of task adapters.
+            resident.trunk + resident.adapters - loaded_stacks + all_stacks + counter.bytes.get().total()
         };
         if let Trunk::Vit(_, moe) = &mut trunk {
             *moe = parts.moe;
         }
-        Ok(MultiTask { spec, device, tasks: selected, trunk, mmoe: parts.mmoe, heads: parts.heads, resident, all_tasks })
+        Ok(MultiTask { spec, device, tasks: selected, trunk, mmoe: parts.mmoe, heads: parts.heads, router, resident, all_tasks })
     }
 
     /// The tasks this model was loaded for (in name order).
@@ -338,6 +459,8 @@ impl MultiTask {
         let mut feats: BTreeMap<String, (Tensor, Tensor)> = BTreeMap::new();
         let valid: Vec<Vec<bool>>;
         let mut ids: Vec<(String, usize, Tensor)> = Vec::new();
+        // The deltas' router weights [B, T], when the model has deltas.
+        let mut delta_w: Option<Tensor> = None;
         match &self.trunk {
             Trunk::Vit(v, moe) => {
                 let imgs = inputs
@@ -349,8 +472,21 @@ impl MultiTask {
                     .collect::<Result<Vec<_>>>()?;
                 let mut x = v.embed(dev, &imgs)?;
                 let first = v.spec.moe_blocks.iter().copied().min().unwrap_or(v.spec.depth);
+                // Deltas (never with MoE blocks): a first pass with the shared weights feeds the router.
+                let sel = match &self.router {
+                    Some(router) => {
+                        let mut x1 = x.clone();
+                        for i in 0..v.spec.depth {
+                            x1 = v.mlp(dev, i, &v.attention(dev, i, &x1, None)?, None)?;
+                        }
+                        let r = router.weights(dev, &v.finish(dev, &x1)?.1)?;
+                        delta_w = Some(r.clone());
+                        Some(deltas::row_sel(dev, &r, v.tokens())?)
+                    }
+                    None => None,
+                };
                 for i in 0..first {
-                    x = v.mlp(dev, i, &v.attention(dev, i, &x)?)?;
+                    x = v.mlp(dev, i, &v.attention(dev, i, &x, sel.as_ref())?, sel.as_ref())?;
                 }
                 // Token-level heads read the patch tokens, not cls (the fixtures' documented choice).
                 let row: Vec<bool> = (0..v.tokens()).map(|i| i > 0).collect();
@@ -362,9 +498,9 @@ impl MultiTask {
                     for t in &selected {
                         let mut xt = x.clone();
                         for (i, routed) in moe.iter().enumerate().skip(first) {
-                            xt = v.attention(dev, i, &xt)?;
+                            xt = v.attention(dev, i, &xt, None)?;
                             xt = match routed {
-                                None => v.mlp(dev, i, &xt)?,
+                                None => v.mlp(dev, i, &xt, None)?,
                                 Some(m) => {
                                     let (b, tk, c) = (xt.dims()[0], xt.dims()[1], xt.dims()[2]);
                                     let h = v.blocks[i].ln2.forward(dev, &xt.reshape(&[b * tk, c])?)?;
@@ -386,15 +522,60 @@ impl MultiTask {
                         Input::Image(_) => Err(Error::InvalidParam { op: "multitask", reason: format!("{} takes text, not images", self.spec.name) }),
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let input = enc.tokenize(&texts)?;
-                let h = enc.bert.forward(dev, &input)?; // [B, T, C]
-                let host = dev.download(&h).await?;
+                let b = texts.len();
                 let (mode, norm) = enc.pooling.unwrap_or((Pooling::Mean, false));
+                let adapters = !enc.bert.lora.is_empty();
+                // Each distinct adapter mix among the selected tasks is one trunk stream (MTLoRA);
+                // all streams run as one mixed batch.
+                let mut groups: Vec<Mix> = Vec::new();
+                let mut group_of = BTreeMap::new();
+                for t in &selected {
+                    let m = task_mix(&self.spec, t);
+                    let g = groups.iter().position(|x| *x == m).unwrap_or_else(|| {
+                        groups.push(m);
+                        groups.len() - 1
+                    });
+                    group_of.insert(t.clone(), g);
+                }
+                // Deltas: the router reads the pooled feature of a pass with the shared adapter only.
+                let mut router_w: Option<Vec<f32>> = None;
+                if let Some(router) = &self.router {
+                    let input = enc.tokenize(&texts)?;
+                    let shared = vec![task_mix_shared(&self.spec); b];
+                    let h = enc.bert.forward_mixed(dev, &input, Some(&shared))?;
+                    let f = pool(&dev.download(&h).await?, &input.mask, mode, norm)?;
+                    let f = dev.upload(&TensorData::f32(&[b, h.dims()[2]], f.concat())?)?;
+                    let r = router.weights(dev, &f)?;
+                    router_w = Some(dev.download(&r).await?.to_f32_vec());
+                    delta_w = Some(r);
+                }
+                let names: Vec<String> = self.spec.deltas.iter().flat_map(|d| d.names.iter().map(|n| format!("delta:{n}"))).collect();
+                let mut rows: Vec<&str> = Vec::with_capacity(b * groups.len());
+                let mut mixes: Vec<Mix> = Vec::with_capacity(b * groups.len());
+                for g in &groups {
+                    for (bi, text) in texts.iter().enumerate() {
+                        rows.push(text);
+                        let mut m = g.clone();
+                        if let Some(r) = &router_w {
+                            m.extend(names.iter().enumerate().map(|(j, n)| (n.clone(), r[bi * names.len() + j])));
+                        }
+                        mixes.push(m);
+                    }
+                }
+                let input = enc.tokenize(&rows)?;
+                let h = if adapters { enc.bert.forward_mixed(dev, &input, Some(&mixes))? } else { enc.bert.forward(dev, &input)? }; // [G*B, T, C]
+                let host = dev.download(&h).await?;
                 let pooled = pool(&host, &input.mask, mode, norm)?;
-                let c = h.dims()[2];
-                let pooled = dev.upload(&TensorData::f32(&[inputs.len(), c], pooled.concat())?)?;
-                valid = input.mask.chunks(input.tokens).map(|m| m.iter().map(|&x| x != 0).collect()).collect();
-                selected.iter().for_each(|t| _ = feats.insert(t.clone(), (h.clone(), pooled.clone())));
+                let (tk, c) = (h.dims()[1], h.dims()[2]);
+                let hv = host.as_f32()?;
+                let mut streams = Vec::new();
+                for g in 0..groups.len() {
+                    let tokens = if groups.len() == 1 { h.clone() } else { dev.upload(&TensorData::f32(&[b, tk, c], hv[g * b * tk * c..(g + 1) * b * tk * c].to_vec())?)? };
+                    let p = dev.upload(&TensorData::f32(&[b, c], pooled[g * b..(g + 1) * b].concat())?)?;
+                    streams.push((tokens, p));
+                }
+                valid = input.mask.chunks(input.tokens).take(b).map(|m| m.iter().map(|&x| x != 0).collect()).collect();
+                selected.iter().for_each(|t| _ = feats.insert(t.clone(), streams[group_of[t]].clone()));
             }
         }
         // MMoE experts once per distinct pooled feature (once for all tasks until the stream forks).
@@ -472,6 +653,13 @@ impl MultiTask {
                 routing.get_mut(t).expect("selected").insert(*block, counts);
             }
         }
-        Ok(Run { outputs, routing })
+        let deltas = match delta_w {
+            Some(r) => {
+                let n = r.dims()[1];
+                dev.download(&r).await?.to_f32_vec().chunks(n).map(<[f32]>::to_vec).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(Run { outputs, routing, deltas })
     }
 }

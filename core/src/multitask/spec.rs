@@ -21,6 +21,13 @@ pub struct Spec {
     pub moe: Option<MoeSpec>,
     #[serde(default)]
     pub mmoe: Option<MmoeSpec>,
+    /// Input-routed task deltas (Twin-Merging / WEMoE), applied in factored form.
+    #[serde(default)]
+    pub deltas: Option<DeltaSpec>,
+    /// A PEFT LoRA adapter folder (relative to taskloom.json) every task's trunk pass uses
+    /// (MTLoRA's task-agnostic branch); hf trunks only.
+    #[serde(default)]
+    pub shared_adapter: Option<String>,
     /// In name order (the order outputs and statistics are reported in).
     pub tasks: BTreeMap<String, TaskSpec>,
 }
@@ -133,6 +140,52 @@ fn relu() -> Act {
     Act::Relu
 }
 
+/// Input-routed task deltas: `y = W·x + Σ_t r_t(input)·B_t·A_t·x` on each target linear, with
+/// `r = score(router(f))` per input, `f` the pooled feature of a first trunk pass without deltas
+/// (Twin-Merging's router on the shared model). Tensors `deltas.{name}.{target}.A [r, in]` and
+/// `.B [out, r]` (any rank, per name and target; a name may skip a target), router layers
+/// `deltas.router.{i}.{weight,bias}` (`[C, ..] → [len(names)]`, `act` between layers).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaSpec {
+    /// The deltas, in the order of the router's outputs.
+    pub names: Vec<String>,
+    /// Linear modules (ViT: `{prefix}.blocks.{i}.attn.qkv|attn.proj|mlp.fc1|mlp.fc2`; hf: the
+    /// model's module paths, as PEFT names them).
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub router: RouterSpec,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSpec {
+    #[serde(default = "one_layer")]
+    pub layers: usize,
+    #[serde(default = "relu")]
+    pub act: Act,
+    /// `softmax` (Twin-Merging) or `none` (raw outputs, as WEMoE's gate).
+    #[serde(default = "router_softmax")]
+    pub score: RouterScore,
+}
+
+impl Default for RouterSpec {
+    fn default() -> Self {
+        RouterSpec { layers: 1, act: Act::Relu, score: RouterScore::Softmax }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterScore {
+    Softmax,
+    None,
+}
+
+fn router_softmax() -> RouterScore {
+    RouterScore::Softmax
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskType {
@@ -164,6 +217,10 @@ pub struct TaskSpec {
     pub experts: Option<Vec<usize>>,
     #[serde(default)]
     pub mmoe: bool,
+    /// A PEFT LoRA adapter folder (relative to taskloom.json) for this task's trunk pass
+    /// (MTLoRA's task-specific branch, added to the shared adapter); hf trunks only.
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -187,6 +244,14 @@ fn one_layer() -> usize {
 
 fn bad(reason: String) -> Error {
     Error::File { file: FILE.into(), kind: FileError::BadHeader(reason) }
+}
+
+/// `(block, linear)` of a ViT deltas target `{prefix}.blocks.{i}.{linear}`.
+pub fn vit_target<'a>(v: &VitSpec, target: &'a str) -> Option<(usize, &'a str)> {
+    let rest = target.strip_prefix(&v.prefix)?.strip_prefix(".blocks.")?;
+    let (i, lin) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    (i < v.depth && ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"].contains(&lin)).then_some((i, lin))
 }
 
 pub(crate) fn task_err(model: &str, task: &str, reason: String) -> Error {
@@ -245,8 +310,37 @@ impl Spec {
                 return Err(bad(format!("mmoe: {} experts, hidden {}, out {} must all be positive", m.experts, m.hidden, m.out)));
             }
         }
+        let hf = matches!(self.trunk, TrunkSpec::Hf { .. });
+        if self.shared_adapter.is_some() && !hf {
+            return Err(bad("shared_adapter needs an hf trunk (LoRA branches run through the hf models' adapter machinery)".into()));
+        }
+        if let Some(d) = &self.deltas {
+            let dup = |v: &[String]| v.iter().enumerate().any(|(i, a)| v[..i].contains(a));
+            if d.names.is_empty() || d.targets.is_empty() || dup(&d.names) || dup(&d.targets) || d.names.iter().any(|n| n.is_empty() || n.contains('.')) {
+                return Err(bad(format!("deltas: names {:?} and targets {:?} must be non-empty lists of distinct entries (names without '.')", d.names, d.targets)));
+            }
+            if d.router.layers == 0 {
+                return Err(bad("deltas.router.layers must be at least 1".into()));
+            }
+            if let TrunkSpec::Vit(v) = &self.trunk {
+                if !v.moe_blocks.is_empty() {
+                    return Err(bad("deltas cannot be combined with moe_blocks (the router reads one shared trunk pass)".into()));
+                }
+                for t in &d.targets {
+                    if vit_target(v, t).is_none() {
+                        return Err(bad(format!(
+                            "deltas target '{t}' is not a linear of this trunk ({}.blocks.I.attn.qkv | attn.proj | mlp.fc1 | mlp.fc2, I < {})",
+                            v.prefix, v.depth
+                        )));
+                    }
+                }
+            }
+        }
         for (name, t) in &self.tasks {
             let err = |r: String| Err(task_err(&self.name, name, r));
+            if t.adapter.is_some() && !hf {
+                return err("a task adapter needs an hf trunk (LoRA branches run through the hf models' adapter machinery)".into());
+            }
             if name.is_empty() || name.contains(',') {
                 return err("a task name must be non-empty and contain no comma".into());
             }
@@ -276,6 +370,18 @@ impl Spec {
             }
         }
         Ok(())
+    }
+
+    /// `[in, out]` of a deltas target, for the ViT trunk's dims.
+    pub fn vit_target_dims(&self, target: &str) -> Option<[usize; 2]> {
+        let TrunkSpec::Vit(v) = &self.trunk else { return None };
+        let (c, h) = (v.dim, v.mlp_dim);
+        Some(match vit_target(v, target)?.1 {
+            "attn.qkv" => [c, 3 * c],
+            "mlp.fc1" => [c, h],
+            "mlp.fc2" => [h, c],
+            _ => [c, c],
+        })
     }
 
     pub fn has_moe_blocks(&self) -> bool {
@@ -379,6 +485,43 @@ impl Spec {
                     expect(&format!("mmoe.experts.{e}.0.bias"), &[m.hidden])?;
                     expect(&format!("mmoe.experts.{e}.1.weight"), &[m.out, m.hidden])?;
                     expect(&format!("mmoe.experts.{e}.1.bias"), &[m.out])?;
+                }
+            }
+        }
+        if let Some(d) = &self.deltas {
+            let mut inp = trunk_dim;
+            for i in 0..d.router.layers {
+                let w = format!("deltas.router.{i}.weight");
+                let (_, got) = find(&w).ok_or_else(|| missing(&w))?;
+                let out = if i + 1 == d.router.layers { d.names.len() } else { got.first().copied().unwrap_or(0) };
+                if out == 0 {
+                    return Err(bad(format!("router layer '{w}' has no outputs")));
+                }
+                expect(&w, &[out, inp])?;
+                expect(&format!("deltas.router.{i}.bias"), &[out])?;
+                inp = out;
+            }
+            for name in &d.names {
+                if !d.targets.iter().any(|t| find(&format!("deltas.{name}.{t}.A")).is_some() || find(&format!("deltas.{name}.{t}.B")).is_some()) {
+                    return Err(missing(&format!("deltas.{name}.{}.A", d.targets[0])));
+                }
+                for target in &d.targets {
+                    let (a, b) = (format!("deltas.{name}.{target}.A"), format!("deltas.{name}.{target}.B"));
+                    let (fa, fb) = (find(&a), find(&b));
+                    let (Some((file, sa)), Some((_, sb))) = (&fa, &fb) else {
+                        if fa.is_some() != fb.is_some() {
+                            return Err(missing(if fa.is_none() { &a } else { &b }));
+                        }
+                        continue; // this delta leaves the target alone
+                    };
+                    let r = sa.first().copied().unwrap_or(0);
+                    if r == 0 || sa.len() != 2 || sb.len() != 2 || sb[1] != r {
+                        return Err(Error::File { file: file.clone(), kind: FileError::BadHeader(format!("delta factors '{a}' {sa:?} and '{b}' {sb:?} are not [r, in] and [out, r]")) });
+                    }
+                    if let Some([i, o]) = self.vit_target_dims(target) {
+                        expect(&a, &[r, i])?;
+                        expect(&b, &[o, r])?;
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ use super::spec::{Act, Pool, VitSpec};
 use super::Loader;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::lora::runtime::RowSel;
 use crate::models::{Linear, Norm};
 use crate::op::{GeluKind, Op};
 use crate::tensor::{Tensor, TensorData};
@@ -40,11 +41,11 @@ fn norm(l: &Loader, prefix: &str, eps: f32) -> Result<Norm> {
 pub(crate) struct Block {
     ln1: Norm,
     /// q, k, v: the rows of the fused `attn.qkv` `[3C, C]`, split at load.
-    qkv: [Linear; 3],
-    proj: Linear,
+    pub qkv: [Linear; 3],
+    pub proj: Linear,
     pub ln2: Norm,
     /// `fc1 [mlp_dim, C]`, `fc2 [C, mlp_dim]`; `None` for a task-routed MoE block.
-    mlp: Option<(Linear, Linear)>,
+    pub mlp: Option<(Linear, Linear)>,
 }
 
 pub(crate) struct Vit {
@@ -149,24 +150,25 @@ impl Vit {
     }
 
     /// `x + proj(attn(ln1(x)))` for block `i`.
-    pub fn attention(&self, dev: &Device, i: usize, x: &Tensor) -> Result<Tensor> {
+    /// With `sel`, linears holding delta stacks add their rows' deltas (see [`super::deltas`]).
+    pub fn attention(&self, dev: &Device, i: usize, x: &Tensor, sel: Option<&RowSel>) -> Result<Tensor> {
         let (b, t, c) = (x.dims()[0], x.dims()[1], x.dims()[2]);
         let (h, blk) = (self.spec.heads, &self.blocks[i]);
         let d = c / h;
         let n = blk.ln1.forward(dev, x)?;
-        let heads = |l: &Linear| -> Result<Tensor> { dev.exec1(&Op::Permute { perm: [0, 2, 1, 3] }, &[&l.forward(dev, &n, None)?.reshape(&[b, t, h, d])?]) };
+        let heads = |l: &Linear| -> Result<Tensor> { dev.exec1(&Op::Permute { perm: [0, 2, 1, 3] }, &[&l.forward(dev, &n, sel)?.reshape(&[b, t, h, d])?]) };
         let (q, k, v) = (heads(&blk.qkv[0])?, heads(&blk.qkv[1])?, heads(&blk.qkv[2])?);
         let a = dev.exec1(&Op::Attention { causal: false, scale: 1.0 / (d as f32).sqrt() }, &[&q, &k, &v])?; // [B, H, T, D]
         let a = dev.exec1(&Op::Permute { perm: [0, 2, 1, 3] }, &[&a])?.reshape(&[b, t, c])?;
-        dev.exec1(&Op::Add, &[x, &blk.proj.forward(dev, &a, None)?])
+        dev.exec1(&Op::Add, &[x, &blk.proj.forward(dev, &a, sel)?])
     }
 
     /// `x + fc2(act(fc1(ln2(x))))` for a dense block `i`.
-    pub fn mlp(&self, dev: &Device, i: usize, x: &Tensor) -> Result<Tensor> {
+    pub fn mlp(&self, dev: &Device, i: usize, x: &Tensor, sel: Option<&RowSel>) -> Result<Tensor> {
         let blk = &self.blocks[i];
         let (fc1, fc2) = blk.mlp.as_ref().expect("mlp() is called for dense blocks only");
-        let h = act(dev, self.spec.act, &fc1.forward(dev, &blk.ln2.forward(dev, x)?, None)?)?;
-        dev.exec1(&Op::Add, &[x, &fc2.forward(dev, &h, None)?])
+        let h = act(dev, self.spec.act, &fc1.forward(dev, &blk.ln2.forward(dev, x)?, sel)?)?;
+        dev.exec1(&Op::Add, &[x, &fc2.forward(dev, &h, sel)?])
     }
 
     /// The final norm, then `(tokens [B, T, C], pooled [B, C])`.
