@@ -276,12 +276,15 @@ async function gatherModel(source, opts) {
     for (const name of Array.isArray(parsed.weights) ? parsed.weights : []) {
       files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
     }
-    // LoRA branches: the shared adapter and the adapters of the tasks being loaded (only those).
-    const wanted = Array.isArray(opts?.tasks) && opts.tasks.length ? opts.tasks : Object.keys(parsed.tasks ?? {});
-    const dirs = [parsed.shared_adapter, ...wanted.map((t) => parsed.tasks?.[t]?.adapter)].filter((d) => typeof d === "string");
-    for (const dir of dirs) {
-      for (const f of ["adapter_config.json", "adapter_model.safetensors"]) {
-        const name = `${dir.replace(/\/+$/, "")}/${f}`;
+    // LoRA branches: every adapter's small config (the all-tasks byte count needs their ranks),
+    // and the weights of the shared adapter and of the tasks being loaded only.
+    const all = Object.keys(parsed.tasks ?? {});
+    const wanted = Array.isArray(opts?.tasks) && opts.tasks.length ? opts.tasks : all;
+    const dir = (d) => (typeof d === "string" ? d.replace(/\/+$/, "") : null);
+    const adapters = [[dir(parsed.shared_adapter), true], ...all.map((t) => [dir(parsed.tasks[t]?.adapter), wanted.includes(t)])];
+    for (const [d, weights] of adapters.filter(([d]) => d)) {
+      for (const f of weights ? ["adapter_config.json", "adapter_model.safetensors"] : ["adapter_config.json"]) {
+        const name = `${d}/${f}`;
         files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
       }
     }

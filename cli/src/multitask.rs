@@ -45,6 +45,7 @@ pub fn run(r: &Request) -> CliResult {
         return print_json(&serde_json::json!({
             "model": model.spec.name, "device": device, "tasks": model.tasks(),
             "outputs": out.outputs[0], "routing": if r.routing { serde_json::to_value(&out.routing).ok() } else { None },
+            "deltas": out.deltas.first().map(|w| model.spec.deltas.iter().flat_map(|d| d.names.iter().cloned()).zip(w.iter().copied()).collect::<std::collections::BTreeMap<_, _>>()),
             "resident_bytes": model.resident_bytes(), "all_tasks_bytes": model.all_tasks_bytes(), "ms": ms,
         }));
     }
@@ -55,6 +56,10 @@ pub fn run(r: &Request) -> CliResult {
     }
     if r.routing {
         print_routing(&out);
+    }
+    if let (Some(w), Some(d)) = (out.deltas.first(), &model.spec.deltas) {
+        let mix = d.names.iter().zip(w).map(|(n, x)| format!("{n}:{x:.3}")).collect::<Vec<_>>().join(" ");
+        println!("task deltas (router): {mix}");
     }
     println!("{ms:.1} ms");
     Ok(())

@@ -224,6 +224,17 @@ fn bert_task_adapters_and_deltas() {
         check_outputs(&format!("{what}, subset [c]"), &r, &exp, &["c"]);
         check_router(&format!("{what}, subset [c]"), &r, &exp);
         assert_eq!(run.deltas.len(), r.deltas.len());
+        // A subset needs only its own adapters' weights (a browser downloads no others): the other
+        // tasks' adapter_config.json suffice for the all-tasks figure.
+        let mut mem = std::collections::BTreeMap::new();
+        for f in ["taskloom.json", "model.safetensors", "lora/shared/adapter_config.json", "lora/shared/adapter_model.safetensors", "lora/a/adapter_config.json", "lora/a/adapter_model.safetensors", "lora/b/adapter_config.json"] {
+            mem.insert(f.to_string(), std::fs::read(dir.join(f)).expect("read"));
+        }
+        let trunk = taskloom::models::hf::DirFiles(folder("../tiny/bert"));
+        let m = MultiTask::load(&taskloom::models::hf::MemFiles(mem), Some(&trunk), dev.clone(), Some(&["a", "c"])).expect("subset without b's weights");
+        assert_eq!(m.all_tasks_bytes(), full.resident_bytes(), "{what}: all-tasks bytes from adapter configs");
+        let r = pollster::block_on(m.run(&images(&exp), None)).expect("run");
+        check_outputs(&format!("{what}, subset [a, c] from memory"), &r, &exp, &["a", "c"]);
     });
 }
 

@@ -236,6 +236,29 @@ fn hf_adapters(files: &dyn Files, l: &Loader, spec: &Spec, tasks: &[String]) -> 
     Ok(out)
 }
 
+/// The shapes (ranks per targeted linear, no factors) of every adapter an hf trunk would hold with
+/// all tasks loaded, from the adapters' `adapter_config.json` only — so a task subset can report
+/// the all-tasks bytes without reading (or, in a browser, downloading) the other tasks' weights.
+fn hf_adapter_shapes(files: &dyn Files, l: &Loader, spec: &Spec, linears: &[(String, usize, usize)]) -> Result<Vec<Adapter>> {
+    let dirs = spec.shared_adapter.iter().map(|d| (SHARED.to_string(), d)).chain(spec.tasks.iter().filter_map(|(t, ts)| ts.adapter.as_ref().map(|d| (format!("task:{t}"), d))));
+    let mut out = Vec::new();
+    for (name, dir) in dirs {
+        let sub = SubFiles { files, dir: dir.trim_end_matches('/').to_string() };
+        let text = sub.read("adapter_config.json")?.ok_or_else(|| Error::Adapter { adapter: name.clone(), reason: format!("{}: no adapter_config.json", sub.name()) })?;
+        let config = crate::lora::LoraConfig::parse(&name, &String::from_utf8_lossy(&text))?;
+        let mut modules = BTreeMap::new();
+        for (m, i, o) in linears {
+            if config.targets(m) {
+                let (r, scale) = config.rank_and_scale(&name, m)?;
+                modules.insert(m.clone(), crate::lora::LoraModule { a: Vec::new(), b: Vec::new(), r, inp: *i, out: *o, scale });
+            }
+        }
+        out.push(Adapter { name, config, modules, saved: BTreeMap::new() });
+    }
+    out.extend(deltas::hf_adapters(l, spec)?);
+    Ok(out)
+}
+
 /// Bytes of the stacked factors `adapters` give `linears` (`(name, in, out)`): every targeted
 /// linear holds `N × R_max × (in + out)` f32s, N = all adapters (see `lora::runtime`).
 fn stack_bytes(adapters: &[Adapter], linears: &[(String, usize, usize)]) -> u64 {
@@ -382,9 +405,8 @@ impl MultiTask {
                 loaded_stacks = stack_bytes(&adapters, &linears);
                 l.add(loaded_stacks);
                 if selected.len() < spec.tasks.len() {
-                    let all: Vec<String> = spec.tasks.keys().cloned().collect();
                     let cpu = Device::cpu();
-                    all_stacks = stack_bytes(&hf_adapters(files, &Loader::new(&cpu, &w), &spec, &all)?, &linears);
+                    all_stacks = stack_bytes(&hf_adapter_shapes(files, &Loader::new(&cpu, &w), &spec, &linears)?, &linears);
                 }
                 if !adapters.is_empty() {
                     enc.bert.add_adapters(&device, adapters)?;
