@@ -106,7 +106,8 @@ export function init(source) {
         const url = new URL("./dist/taskloom_web_bg.wasm", import.meta.url);
         // Node (and Deno) cannot fetch file: URLs; read the bytes instead.
         if (url.protocol === "file:") {
-          const fs = await import("node:fs/promises");
+          // Built at run time so browser bundlers do not try to resolve a Node builtin.
+          const fs = await import(/* @vite-ignore */ /* webpackIgnore: true */ ["node", "fs/promises"].join(":"));
           src = await fs.readFile(url);
         } else {
           src = url;
@@ -490,7 +491,10 @@ export class Model {
    */
   async run(input, opts = {}) {
     const raw = this.#self();
-    const x = typeof input === "string" ? input : Array.from(input ?? []);
+    if (typeof input !== "string" && !Array.isArray(input) && !ArrayBuffer.isView(input)) {
+      throw new TaskloomError("BAD_INPUT", `input must be a string (text models) or an array of pixel values (image models), got ${describe(input)}`);
+    }
+    const x = typeof input === "string" ? input : Array.from(input);
     return await call(() => abortable(signalOf(opts), "run()", () => raw.run(x, { tasks: opts?.tasks })));
   }
 

@@ -42,7 +42,7 @@ export async function header(title) {
   try {
     const rt = await Runtime.create({ device: "auto" });
     const i = rt.info();
-    $("#gpu").textContent = rt.device === "webgpu" ? `WebGPU adapter: ${i.name} (max binding ${(i.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB${i.shader_f16 ? ", f16" : ""})` : "no WebGPU adapter here: CPU only";
+    $("#gpu").textContent = rt.device === "webgpu" ? `WebGPU adapter: ${i.name || i.device_type || "unnamed"} (max binding ${(i.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB${i.shader_f16 ? ", f16" : ""})` : "no WebGPU adapter here: CPU only";
     rt.dispose();
   } catch (e) {
     $("#gpu").textContent = `device probe failed: ${e.code ?? ""} ${e.message}`;
