@@ -236,7 +236,20 @@ for (const device of ["webgpu", "cpu"]) {
     // Breadcrumbs needs the model-merging API: shown, labelled, disabled.
     assert.equal(await d.page.locator('#method option[value="breadcrumbs"]').isDisabled(), true);
     await d.page.screenshot({ path: join(artifacts, `demo-studio-${device}.png`), fullPage: true });
+    // Cache API: the base and each adapter are separate entries; a reload downloads no weights.
+    const cached = await d.page.evaluate(async () => (await (await caches.open("taskloom-weights-v1")).keys()).map((r) => new URL(r.url).pathname));
+    for (const f of ["/fixtures/tiny/llama/model.safetensors", ...["a", "b", "c", "d", "e"].map((n) => `/fixtures/lora/llama/${n}/adapter_model.safetensors`)]) {
+      assert.ok(cached.includes(f), `${f} cached separately: ${cached}`);
+    }
     await d.page.close();
+    const again = await context.newPage();
+    const gets = [];
+    again.on("request", (r) => r.method() === "GET" && r.url().endsWith(".safetensors") && gets.push(r.url()));
+    await again.goto(`${server.url}/studio/?device=${device}`);
+    await again.waitForFunction(() => window.demo?.ready === true && window.demo.busy === 0, null, { timeout: 180_000 });
+    assert.equal(await again.evaluate(() => window.demo.error), null);
+    assert.deepEqual(gets, [], "weights come from the cache on reload");
+    await again.close();
   });
 
   test(`demo text on ${device}: task heads and semantic search match the CLI`, { timeout: 420_000 }, async (t) => {
