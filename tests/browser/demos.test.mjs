@@ -295,3 +295,36 @@ for (const device of ["webgpu", "cpu"]) {
     await d.page.close();
   });
 }
+
+test("weights cache: a quota error falls back to memory with a warning, and loading still works", { timeout: 120_000 }, async () => {
+  const page = await context.newPage();
+  const warnings = [];
+  page.on("console", (m) => m.type() === "warning" && warnings.push(m.text()));
+  await page.goto(`${server.url}/index.html`);
+  const r = await page.evaluate(async () => {
+    const tl = await import("/pkg/index.js");
+    await tl.clearCache();
+    // Every put fails as when the origin's storage quota is used up.
+    Cache.prototype.put = () => Promise.reject(new DOMException("quota exceeded (test)", "QuotaExceededError"));
+    const gets = [];
+    const origFetch = window.fetch;
+    window.fetch = (u, o) => ((o?.method ?? "GET") === "GET" && String(u).endsWith(".safetensors") && gets.push(String(u)), origFetch(u, o));
+    const out = {};
+    const m = await tl.Model.load("/fixtures/multitask/digits/", { device: "cpu" });
+    out.first = await m.run(new Array(64).fill(3));
+    out.getsFirst = gets.length;
+    m.dispose();
+    const again = await tl.Model.load("/fixtures/multitask/digits/", { device: "cpu" });
+    out.second = await again.run(new Array(64).fill(3));
+    out.getsSecond = gets.length - out.getsFirst;
+    again.dispose();
+    out.cached = (await (await caches.open("taskloom-weights-v1")).keys()).length;
+    return out;
+  });
+  assert.equal(r.getsFirst, 1, "the weights were downloaded once");
+  assert.equal(r.getsSecond, 0, "the second load used the in-memory copy");
+  assert.equal(r.cached, 0, "nothing reached the Cache API");
+  assert.deepEqual(r.second, r.first);
+  assert.ok(warnings.some((w) => /storage quota exceeded/.test(w) && /model\.safetensors/.test(w)), `a console warning: ${warnings}`);
+  await page.close();
+});

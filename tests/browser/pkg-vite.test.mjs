@@ -82,6 +82,10 @@ for (const device of ["webgpu", "cpu"]) {
     assert.deepEqual(r.worker, r.main, "the worker gives the main thread's outputs");
     assert.deepEqual([...r.workerTasks].sort(), [...exp.tasks].sort());
     assert.ok(r.workerResident > 0);
+    assert.deepEqual(r.workerAdapters, ["a"]);
+    assert.equal(r.workerGen.length, 6);
+    assert.deepEqual(r.workerGen, r.mainGen, "worker generate() streams the main thread's tokens");
+    assert.deepEqual(r.workerLogits, r.mainLogits, "worker logits() with an adapter mix");
     assert.ok(r.progressLast.allLoaded >= r.progressLast.loaded && r.progressLast.allLoaded === r.progressLast.allTotal, `total progress: ${JSON.stringify(r.progressLast)}`);
     // Errors: the right code and subclass, a message naming the problem.
     const want = {

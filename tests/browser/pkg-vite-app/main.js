@@ -43,6 +43,21 @@ window.runApp = async (device) => {
   out.workerUnknownTask = await rejects(() => wm.run(input, { tasks: ["no-such-task"] }));
   out.workerAfter = await wm.run(input);
   wm.dispose();
+  // A decoder with an adapter in the worker: streamed tokens and logits, as on the main thread.
+  const ids = [1, 5, 17, 3];
+  const lm = await tl.load("/fixtures/tiny/llama/", { device });
+  await lm.addAdapter("a", "/fixtures/lora/llama/a/");
+  out.workerAdapters = lm.adapters;
+  out.workerGen = [];
+  for await (const t of lm.generate("t1 t5 t17 t3", { maxTokens: 6, adapter: { a: 0.5 } })) out.workerGen.push(t.id);
+  out.workerLogits = Array.from((await lm.logits(ids, { adapter: { a: 0.5 } })).data);
+  lm.dispose();
+  const mainLm = await Model.load("/fixtures/tiny/llama/", { device });
+  await mainLm.addAdapter("a", "/fixtures/lora/llama/a/");
+  out.mainGen = [];
+  for await (const t of mainLm.generate("t1 t5 t17 t3", { maxTokens: 6, adapter: { a: 0.5 } })) out.mainGen.push(t.id);
+  out.mainLogits = Array.from((await mainLm.logits(ids, { adapter: { a: 0.5 } })).data);
+  mainLm.dispose();
   tl.terminate();
 
   // Bad input through the JS API.
