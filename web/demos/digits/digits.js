@@ -100,9 +100,11 @@ function renderHeatmap(routing) {
 function showMemory() {
   const r = model.residentBytes();
   const all = model.allTasksBytes();
+  const before = demo.resident;
   demo.resident = r;
   demo.allTasks = all;
-  $("#memory").textContent = `resident on ${model.device}: ${fmtBytes(r)} of ${fmtBytes(all)} for all tasks (${((100 * r) / all).toFixed(1)}%)`;
+  const change = before === undefined || before === r ? "" : ` · ${r < before ? "−" : "+"}${fmtBytes(Math.abs(r - before))} vs the previous load (${fmtBytes(before)})`;
+  $("#memory").textContent = `resident on ${model.device}: ${fmtBytes(r)} of ${fmtBytes(all)} for all tasks (${((100 * r) / all).toFixed(1)}%)${change}`;
 }
 
 /** Runs every loaded task on the current pixels; coalesces inputs that arrive while it runs. */
