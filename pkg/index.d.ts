@@ -6,11 +6,32 @@ export type DeviceOption = "auto" | "webgpu" | "cpu";
 /** Stable error codes, shared with the native CLI. INTERNAL means a bug in taskloom (a crash). */
 export type ErrorCode = "BAD_INPUT" | "UNSUPPORTED" | "DEVICE" | "OUT_OF_MEMORY" | "IO" | "ABORTED" | "INTERNAL";
 
-/** Every failure taskloom reports. Switch on `code`; `message` is for people. */
+/**
+ * Every failure taskloom reports. Switch on `code`; `message` is for people. `new TaskloomError(code,
+ * message)` returns the subclass for `code` (BadInputError for BAD_INPUT, ...).
+ */
 export class TaskloomError extends Error {
   readonly name: "TaskloomError";
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown });
+}
+/** BAD_INPUT: a wrong or corrupt file, an unknown task or adapter, a bad option. */
+export class BadInputError extends TaskloomError {}
+/** UNSUPPORTED: the model or device cannot do this. */
+export class UnsupportedError extends TaskloomError {}
+/** DEVICE: no WebGPU adapter, or a refused or lost device. */
+export class DeviceError extends TaskloomError {}
+/** OUT_OF_MEMORY: a buffer above the device's limits, or a failed allocation. */
+export class OutOfMemoryError extends TaskloomError {}
+/** ABORTED: the call's `signal` was aborted. */
+export class AbortedError extends TaskloomError {}
+/** IO: a download or a file read failed. */
+export class IoError extends TaskloomError {}
+
+/** Options every long call accepts. */
+export interface Abortable {
+  /** Aborting rejects the call with code ABORTED (a wasm step already running finishes first). */
+  signal?: AbortSignal;
 }
 
 export interface RuntimeOptions {
@@ -80,15 +101,31 @@ export class Runtime {
  */
 export function init(source?: string | URL | Request | Response | BufferSource | WebAssembly.Module): Promise<void>;
 
-/** Per-file download progress while a model loads. */
+/** Per-file download progress while a model loads, with running totals over the files so far. */
 export interface LoadProgress {
   file: string;
   loaded: number;
   /** 0 when the server sent no content-length. */
   total: number;
+  /** Bytes of every file of this load so far. */
+  allLoaded: number;
+  /** Sizes of the files started so far (grows as files start). */
+  allTotal: number;
 }
 
-export interface ModelLoadOptions {
+/** Fetches a model's files without loading it: `{ path: Uint8Array }` (a ModelSource itself). */
+export function fetchModelFiles(source: ModelSource, opts?: { onProgress?: (p: LoadProgress) => void; signal?: AbortSignal }): Promise<Record<string, Uint8Array>>;
+
+/**
+ * Cache API caching of fetched weights files (on by default in secure browser contexts): one entry
+ * per file (base, each adapter, each expert shard), keyed by URL + the server's ETag/Last-Modified.
+ * A quota error keeps the file in memory for the page instead, with a console warning.
+ */
+export function setCaching(on: boolean): void;
+/** Deletes the weights cache. */
+export function clearCache(): Promise<void>;
+
+export interface ModelLoadOptions extends Abortable {
   device?: "auto" | "webgpu" | "cpu";
   onProgress?: (p: LoadProgress) => void;
   /** Multi-task models: load only what these tasks need (default: all). */
@@ -116,7 +153,7 @@ export interface GenerateOptions {
 /** An adapter name (weight 1) or adapter names with weights: `{ a: 0.7, b: 0.3 }`; `{}` = the base. */
 export type AdapterChoice = string | Record<string, number>;
 
-export interface RequestOptions {
+export interface RequestOptions extends Abortable {
   /** LoRA adapters for this request (default: the mix set by `setAdapters`). */
   adapter?: AdapterChoice;
 }
@@ -137,7 +174,24 @@ export type ModelSource =
   | { kind: "directory"; entries(): AsyncIterable<[string, unknown]> }
   | Record<string, ArrayBuffer | Uint8Array>;
 
-/** A Hugging Face encoder (BERT family) or Llama-family decoder, or a GGUF file. */
+export type Combination =
+  | "linear" | "cat" | "svd" | "ties" | "ties_svd" | "dare_linear" | "dare_ties"
+  | "dare_linear_svd" | "dare_ties_svd" | "magnitude_prune" | "magnitude_prune_svd";
+
+export interface CombineOptions extends Abortable {
+  /** Registered adapters and their weights (may be negative). */
+  adapters: Record<string, number>;
+  /** Default "linear". */
+  combination?: Combination;
+  /** Fraction kept, in (0, 1]; required by the pruning types. */
+  density?: number;
+  /** Rank of the `*svd` results (default: the largest input rank). */
+  svdRank?: number;
+  /** DARE's seed (counter-based RNG). Default 0. */
+  seed?: number;
+  majoritySign?: "total" | "frequency";
+}
+
 /** One task's prediction (a token-level task gives one per token). */
 export interface TaskOutput {
   /** Classification: the top label, its index and its softmax probability. */
@@ -156,7 +210,7 @@ export class Model {
   readonly kind: "encoder" | "decoder" | "multitask";
   readonly device: "webgpu" | "cpu";
   /** Multi-task models: runs `opts.tasks` (default: all loaded) on one input → `{ [task]: output }`. */
-  run(input: string | ArrayLike<number>, opts?: { tasks?: string[] }): Promise<Record<string, TaskOutput | TaskOutput[]>>;
+  run(input: string | ArrayLike<number>, opts?: { tasks?: string[]; signal?: AbortSignal }): Promise<Record<string, TaskOutput | TaskOutput[]>>;
   /** Multi-task models: tokens routed to each expert by the last `run`, per task and MoE block. */
   routingStats(): Record<string, Record<string, number[]>>;
   /** Multi-task models: bytes on the device for the loaded tasks. */
@@ -178,7 +232,12 @@ export class Model {
   /** Class names of a sequence classifier. */
   readonly labels: string[];
   /** Registers a PEFT LoRA adapter folder under `name` without reloading the base. */
-  addAdapter(name: string, source: ModelSource, opts?: { onProgress?: (p: LoadProgress) => void }): Promise<void>;
+  addAdapter(name: string, source: ModelSource, opts?: { onProgress?: (p: LoadProgress) => void; signal?: AbortSignal }): Promise<void>;
+  /**
+   * Combines registered adapters into a new registered adapter `name` (PEFT add_weighted_adapter,
+   * as `taskloom lora combine`).
+   */
+  combineAdapters(name: string, opts: CombineOptions): Promise<{ r: number; modules: number; ms: number }>;
   removeAdapter(name: string): void;
   /** The default mix for requests that name none. */
   setAdapters(mix: AdapterChoice): void;

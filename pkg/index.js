@@ -2,26 +2,72 @@
 //
 // Why a facade: the raw bindings report failures as `Error("CODE: message")` (JsError carries no
 // properties); this layer turns them into `TaskloomError` with a stable `.code`, loads the .wasm in
-// both the browser (fetch) and Node (file read), and guards use-after-dispose.
+// both the browser (fetch) and Node (file read), guards use-after-dispose, and honours `signal`
+// (an AbortSignal) on every long call: it is checked between steps and passed to `fetch`, and an
+// aborted call rejects with code ABORTED (a wasm call already running finishes first; its result
+// is dropped and a loaded model is disposed).
 
 import initWasm, { Runtime as RawRuntime, Model as RawModel } from "./dist/taskloom_web.js";
 
 const CODES = new Set(["BAD_INPUT", "UNSUPPORTED", "DEVICE", "OUT_OF_MEMORY", "IO", "ABORTED"]);
 
-/** A failure with a stable `code`: BAD_INPUT, UNSUPPORTED, DEVICE, OUT_OF_MEMORY, IO or INTERNAL. */
+/**
+ * A failure with a stable `code`: BAD_INPUT, UNSUPPORTED, DEVICE, OUT_OF_MEMORY, IO, ABORTED or
+ * INTERNAL. `new TaskloomError(code, message)` gives the subclass for `code` (`BadInputError`, ...),
+ * so both `e.code === "BAD_INPUT"` and `e instanceof BadInputError` work.
+ */
 export class TaskloomError extends Error {
   constructor(code, message, options) {
     super(message, options);
     this.name = "TaskloomError";
     this.code = code;
+    const sub = new.target === TaskloomError ? SUBCLASS[code] : undefined;
+    if (sub) Object.setPrototypeOf(this, sub.prototype);
   }
+}
+/** code BAD_INPUT: a wrong file, corrupt weights, an unknown task or adapter, a bad option. */
+export class BadInputError extends TaskloomError {}
+/** code UNSUPPORTED: the model or device cannot do this (e.g. `embed()` on a decoder). */
+export class UnsupportedError extends TaskloomError {}
+/** code DEVICE: no WebGPU adapter, a refused or lost device. */
+export class DeviceError extends TaskloomError {}
+/** code OUT_OF_MEMORY: a buffer above the device's limits, or an allocation that failed. */
+export class OutOfMemoryError extends TaskloomError {}
+/** code ABORTED: the call's `signal` was aborted. */
+export class AbortedError extends TaskloomError {}
+/** code IO: a download or file read failed. */
+export class IoError extends TaskloomError {}
+const SUBCLASS = { BAD_INPUT: BadInputError, UNSUPPORTED: UnsupportedError, DEVICE: DeviceError, OUT_OF_MEMORY: OutOfMemoryError, ABORTED: AbortedError, IO: IoError };
+
+/** Throws ABORTED when `signal` is aborted. */
+function checkAbort(signal, what = "the call") {
+  if (signal?.aborted) throw new TaskloomError("ABORTED", `${what} was aborted${signal.reason?.message ? `: ${signal.reason.message}` : ""}`);
+}
+
+/** The `signal` option, checked to be an AbortSignal-like object. */
+function signalOf(opts) {
+  const s = opts?.signal;
+  if (s === undefined || s === null) return undefined;
+  if (typeof s !== "object" || typeof s.aborted !== "boolean") throw new TaskloomError("BAD_INPUT", `options.signal must be an AbortSignal, got ${describe(s)}`);
+  return s;
+}
+
+/** Runs the async `f`, rejecting with ABORTED once `signal` aborts (before or after each step). */
+async function abortable(signal, what, f) {
+  checkAbort(signal, what);
+  const r = await f();
+  checkAbort(signal, what);
+  return r;
 }
 
 function toTaskloomError(e) {
   if (e instanceof TaskloomError) return e;
+  if (e?.name === "AbortError") return new TaskloomError("ABORTED", `aborted: ${e.message}`, { cause: e });
   if (e instanceof Error) {
     const m = /^([A-Z_]+): ([\s\S]*)$/.exec(e.message);
     if (m && CODES.has(m[1])) return new TaskloomError(m[1], m[2], { cause: e });
+    // wasm allocation failure: the heap could not grow.
+    if (e instanceof RangeError && /memory|allocation/i.test(e.message)) return new TaskloomError("OUT_OF_MEMORY", e.message, { cause: e });
     // A trap (a Rust panic) is a bug in taskloom, never the caller's fault.
     if (typeof WebAssembly !== "undefined" && e instanceof WebAssembly.RuntimeError) {
       return new TaskloomError("INTERNAL", `taskloom crashed: ${e.message}`, { cause: e });
@@ -60,7 +106,8 @@ export function init(source) {
         const url = new URL("./dist/taskloom_web_bg.wasm", import.meta.url);
         // Node (and Deno) cannot fetch file: URLs; read the bytes instead.
         if (url.protocol === "file:") {
-          const fs = await import("node:fs/promises");
+          // Built at run time so browser bundlers do not try to resolve a Node builtin.
+          const fs = await import(/* @vite-ignore */ /* webpackIgnore: true */ ["node", "fs/promises"].join(":"));
           src = await fs.readFile(url);
         } else {
           src = url;
@@ -181,8 +228,15 @@ const OPTIONAL = new Set(["tokenizer_config.json", "modules.json", "1_Pooling/co
 // Files of a PEFT adapter folder.
 const ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"];
 
-async function fetchBytes(url, name, onProgress, optional) {
-  const res = await fetch(url);
+async function fetchBytes(url, name, onProgress, optional, signal) {
+  checkAbort(signal, `loading ${name}`);
+  let res;
+  try {
+    res = await cachedFetch(url, signal);
+  } catch (e) {
+    if (e?.name === "AbortError" || signal?.aborted) throw new TaskloomError("ABORTED", `loading ${name} was aborted`, { cause: e });
+    throw new TaskloomError("IO", `${url}: ${e?.message ?? e}`, { cause: e });
+  }
   if (!res.ok) {
     if (optional && res.status === 404) return null;
     throw new TaskloomError("IO", `${url}: HTTP ${res.status}`);
@@ -193,7 +247,14 @@ async function fetchBytes(url, name, onProgress, optional) {
   const chunks = [];
   let loaded = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let step;
+    try {
+      step = await reader.read();
+    } catch (e) {
+      if (e?.name === "AbortError" || signal?.aborted) throw new TaskloomError("ABORTED", `loading ${name} was aborted`, { cause: e });
+      throw new TaskloomError("IO", `${url}: ${e?.message ?? e}`, { cause: e });
+    }
+    const { done, value } = step;
     if (done) break;
     chunks.push(value);
     loaded += value.length;
@@ -208,21 +269,22 @@ async function fetchBytes(url, name, onProgress, optional) {
   return out;
 }
 
-async function gatherFiles(source, onProgress, wanted = HF_FILES) {
+async function gatherFiles(source, onProgress, wanted = HF_FILES, signal) {
   if (typeof source === "string" || source instanceof URL) {
     const base = String(source);
     if (base.endsWith(".gguf")) {
       const name = base.split("/").pop();
-      return { [name]: await fetchBytes(base, name, onProgress, false) };
+      return { [name]: await fetchBytes(base, name, onProgress, false, signal) };
     }
     const root = base.endsWith("/") ? base : base + "/";
     const files = {};
     for (const name of wanted) {
-      const b = await fetchBytes(new URL(name, new URL(root, globalThis.location?.href)), name, onProgress, OPTIONAL.has(name));
+      const b = await fetchBytes(new URL(name, new URL(root, globalThis.location?.href)), name, onProgress, OPTIONAL.has(name), signal);
       if (b) files[name] = b;
     }
     return files;
   }
+  checkAbort(signal, "loading");
   // A FileList or an array of File: paths relative to the picked folder.
   if (typeof FileList !== "undefined" && source instanceof FileList) source = Array.from(source);
   if (Array.isArray(source) && source.every((f) => typeof Blob !== "undefined" && f instanceof Blob)) {
@@ -259,13 +321,14 @@ const TASKLOOM_JSON = "taskloom.json";
  * `opts.trunk` (any source) or, for a relative `path`, fetched beside taskloom.json.
  */
 async function gatherModel(source, opts) {
-  const onProgress = opts?.onProgress;
+  const onProgress = totalProgress(opts?.onProgress);
+  const signal = signalOf(opts);
   let files;
   if ((typeof source === "string" || source instanceof URL) && !String(source).endsWith(".gguf")) {
     const base = String(source);
     const root = new URL(base.endsWith("/") ? base : base + "/", globalThis.location?.href);
-    const spec = await fetchBytes(new URL(TASKLOOM_JSON, root), TASKLOOM_JSON, onProgress, true);
-    if (!spec) return gatherFiles(source, onProgress);
+    const spec = await fetchBytes(new URL(TASKLOOM_JSON, root), TASKLOOM_JSON, onProgress, true, signal);
+    if (!spec) return gatherFiles(source, onProgress, HF_FILES, signal);
     let parsed;
     try {
       parsed = JSON.parse(new TextDecoder().decode(spec));
@@ -274,7 +337,7 @@ async function gatherModel(source, opts) {
     }
     files = { [TASKLOOM_JSON]: spec };
     for (const name of Array.isArray(parsed.weights) ? parsed.weights : []) {
-      files[name] = await fetchBytes(new URL(name, root), name, onProgress, false);
+      files[name] = await fetchBytes(new URL(name, root), name, onProgress, false, signal);
     }
     // LoRA branches: every adapter's small config (the all-tasks byte count needs their ranks),
     // and the weights of the shared adapter and of the tasks being loaded only.
@@ -290,15 +353,120 @@ async function gatherModel(source, opts) {
     }
     const trunk = parsed.trunk?.type === "hf" ? parsed.trunk.path : null;
     if (trunk && !opts?.trunk && !String(trunk).includes("${")) {
-      for (const [k, v] of Object.entries(await gatherFiles(new URL(trunk, root).href, onProgress))) files[`trunk/${k}`] = v;
+      for (const [k, v] of Object.entries(await gatherFiles(new URL(trunk, root).href, onProgress, HF_FILES, signal))) files[`trunk/${k}`] = v;
     }
   } else {
-    files = await gatherFiles(source, onProgress);
+    files = await gatherFiles(source, onProgress, HF_FILES, signal);
   }
   if (opts?.trunk && files[TASKLOOM_JSON]) {
-    for (const [k, v] of Object.entries(await gatherFiles(opts.trunk, onProgress))) files[`trunk/${k}`] = v;
+    for (const [k, v] of Object.entries(await gatherFiles(opts.trunk, onProgress, HF_FILES, signal))) files[`trunk/${k}`] = v;
   }
+  checkAbort(signal, "loading");
   return files;
+}
+
+/**
+ * Wraps a per-file progress callback so each event also carries the running totals over every file
+ * seen so far: `{ file, loaded, total, allLoaded, allTotal }` (`allTotal` grows as files start).
+ */
+function totalProgress(onProgress) {
+  if (typeof onProgress !== "function") return undefined;
+  const per = new Map();
+  return (p) => {
+    per.set(p.file, p);
+    let allLoaded = 0;
+    let allTotal = 0;
+    for (const q of per.values()) {
+      allLoaded += q.loaded;
+      allTotal += q.total || q.loaded;
+    }
+    onProgress({ ...p, allLoaded, allTotal });
+  };
+}
+
+/**
+ * Fetches a model's files without loading it: `{ path: Uint8Array }`, the object form every
+ * `source` accepts (e.g. to load the same weights twice, or as `opts.trunk`). `opts`: onProgress,
+ * signal.
+ */
+export async function fetchModelFiles(source, opts = {}) {
+  return call(() => gatherModel(source, opts));
+}
+
+// ---- Cache API: fetched weights kept per file, keyed by URL + validator ----------------------
+
+const CACHE_NAME = "taskloom-weights-v1";
+const CACHED = /\.(safetensors|gguf|bin)$/;
+let cacheEnabled = typeof caches !== "undefined";
+let memoryCache = new Map();
+
+/**
+ * Turns the Cache API caching of weight files on or off (default: on where `caches` exists, i.e. a
+ * secure browser context). Each weights file (a base model, each adapter, each expert shard) is its
+ * own entry, keyed by its URL and the server's ETag / Last-Modified, so a new adapter downloads only
+ * itself and a changed file is fetched again. When the quota is exceeded the file is kept in memory
+ * for this page instead, with a console warning.
+ */
+export function setCaching(on) {
+  cacheEnabled = Boolean(on) && typeof caches !== "undefined";
+}
+
+/** Deletes the weights cache (Cache API entries and the in-memory fallback). */
+export async function clearCache() {
+  memoryCache = new Map();
+  if (typeof caches !== "undefined") await caches.delete(CACHE_NAME);
+}
+
+/** URL + validator; null when the server sends none (then the file could change unseen: not cached). */
+function cacheKey(url, res) {
+  const v = res.headers.get("etag") || res.headers.get("last-modified");
+  if (!v) return null;
+  // A query parameter, not a fragment: the Cache API ignores fragments when matching.
+  const href = new URL(url, globalThis.location?.href).href;
+  return `${href}${href.includes("?") ? "&" : "?"}taskloom-cache=${encodeURIComponent(v)}`;
+}
+
+/** `fetch(url)`; weights files go through the cache (validated with a HEAD request). */
+async function cachedFetch(url, signal) {
+  const href = String(url);
+  if (!CACHED.test(new URL(href, globalThis.location?.href).pathname) || !(cacheEnabled || memoryCache.size)) return fetch(url, { signal });
+  let head;
+  try {
+    head = await fetch(url, { method: "HEAD", signal });
+  } catch (e) {
+    if (e?.name === "AbortError") throw e;
+    return fetch(url, { signal });
+  }
+  if (!head.ok) return head;
+  const key = cacheKey(href, head);
+  if (!key) return fetch(url, { signal });
+  const mem = memoryCache.get(key);
+  if (mem) return new Response(mem, { headers: { "content-length": String(mem.byteLength), "x-taskloom-cache": "memory" } });
+  let cache = null;
+  if (cacheEnabled) {
+    try {
+      cache = await caches.open(CACHE_NAME);
+      const hit = await cache.match(key);
+      if (hit) return hit;
+    } catch {
+      cache = null;
+    }
+  }
+  const res = await fetch(url, { signal });
+  if (!res.ok || !cacheEnabled) return res;
+  const bytes = await res.arrayBuffer();
+  const headers = { "content-type": res.headers.get("content-type") ?? "application/octet-stream", "content-length": String(bytes.byteLength), "x-taskloom-cache": "cache" };
+  try {
+    if (!cache) throw new Error("the Cache API is not available here");
+    // Old versions of this file (another validator) are dropped first.
+    const prefix = key.slice(0, key.lastIndexOf("taskloom-cache=") + "taskloom-cache=".length);
+    for (const k of await cache.keys()) if (k.url.startsWith(prefix)) await cache.delete(k);
+    await cache.put(key, new Response(bytes.slice(0), { headers }));
+  } catch (e) {
+    console.warn(`taskloom: could not cache ${href} (${e?.name === "QuotaExceededError" ? "storage quota exceeded" : e?.message ?? e}); keeping it in memory for this page`);
+    memoryCache.set(key, bytes.slice(0));
+  }
+  return new Response(bytes, { headers: { ...headers, "x-taskloom-cache": "miss" } });
 }
 
 /**
@@ -316,9 +484,17 @@ export class Model {
   }
 
   static async load(source, opts = {}) {
+    const signal = call(() => signalOf(opts));
+    call(() => checkAbort(signal, "Model.load"));
     await init();
     const files = await call(() => gatherModel(source, opts));
-    return new Model(await call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks })));
+    call(() => checkAbort(signal, "Model.load"));
+    const raw = await call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks }));
+    if (signal?.aborted) {
+      raw.free();
+      call(() => checkAbort(signal, "Model.load"));
+    }
+    return new Model(raw);
   }
 
   /**
@@ -327,8 +503,11 @@ export class Model {
    */
   async run(input, opts = {}) {
     const raw = this.#self();
-    const x = typeof input === "string" ? input : Array.from(input ?? []);
-    return await call(() => raw.run(x, { tasks: opts?.tasks }));
+    if (typeof input !== "string" && !Array.isArray(input) && !ArrayBuffer.isView(input)) {
+      throw new TaskloomError("BAD_INPUT", `input must be a string (text models) or an array of pixel values (image models), got ${describe(input)}`);
+    }
+    const x = typeof input === "string" ? input : Array.from(input);
+    return await call(() => abortable(signalOf(opts), "run()", () => raw.run(x, { tasks: opts?.tasks })));
   }
 
   /** Multi-task models: tokens per expert of the last `run`: `{ task: { block: counts } }`. */
@@ -378,8 +557,26 @@ export class Model {
    */
   async addAdapter(name, source, opts = {}) {
     const raw = this.#self();
-    const files = await call(() => gatherFiles(source, opts?.onProgress, ADAPTER_FILES));
+    const signal = call(() => signalOf(opts));
+    const files = await call(() => gatherFiles(source, totalProgress(opts?.onProgress), ADAPTER_FILES, signal));
+    call(() => checkAbort(signal, "addAdapter()"));
     call(() => raw.addAdapter(String(name), files));
+  }
+
+  /**
+   * Combines registered adapters into a new adapter `name` (PEFT `add_weighted_adapter`, like
+   * `taskloom lora combine`): `opts.adapters` `{ a: 0.6, b: 0.4 }`, `opts.combination` (linear, cat,
+   * svd, ties, dare_linear, dare_ties, magnitude_prune, or their `_svd` forms), `density`,
+   * `svdRank`, `seed` (DARE), `majoritySign`. Resolves to `{ r, modules, ms }`.
+   */
+  async combineAdapters(name, opts = {}) {
+    const raw = this.#self();
+    const signal = call(() => signalOf(opts));
+    call(() => checkAbort(signal, "combineAdapters()"));
+    const { signal: _s, ...rest } = opts ?? {};
+    const t0 = performance.now();
+    const info = call(() => raw.combineAdapters(String(name), rest));
+    return { ...info, ms: performance.now() - t0 };
   }
 
   /** Unregisters an adapter (unfusing it first if it is fused). */
@@ -419,7 +616,7 @@ export class Model {
   async classify(text, opts = {}) {
     const raw = this.#self();
     const many = Array.isArray(text);
-    const out = await call(() => raw.classify(many ? text : [text], { adapter: opts?.adapter }));
+    const out = await call(() => abortable(signalOf(opts), "classify()", () => raw.classify(many ? text : [text], { adapter: opts?.adapter })));
     const labels = this.labels;
     const res = out.map((logits) => {
       const m = Math.max(...logits);
@@ -438,7 +635,7 @@ export class Model {
    */
   async logits(ids, opts = {}) {
     const raw = this.#self();
-    const data = await call(() => raw.logits(Uint32Array.from(ids), { adapter: opts?.adapter }));
+    const data = await call(() => abortable(signalOf(opts), "logits()", () => raw.logits(Uint32Array.from(ids), { adapter: opts?.adapter })));
     const t = ids.length;
     return { dims: [t, t ? data.length / t : 0], data };
   }
@@ -449,7 +646,8 @@ export class Model {
    */
   async embed(text, opts = {}) {
     const many = Array.isArray(text);
-    const out = await call(() => this.#self().embed(many ? text : [text], { adapter: opts?.adapter }));
+    const raw = this.#self();
+    const out = await call(() => abortable(signalOf(opts), "embed()", () => raw.embed(many ? text : [text], { adapter: opts?.adapter })));
     return many ? out : out[0];
   }
 

@@ -92,6 +92,7 @@ bash scripts/build-wasm.sh
 
 # ---------------------------------------------------------------------------------------------
 section "package tests: Node + Chromium"
+cargo build -q -p taskloom-cli && export TASKLOOM_CLI="$target_dir/debug/taskloom" # demos.test.mjs checks the demos against it
 node --test --test-concurrency=1 tests/browser/
 
 section ""

@@ -131,6 +131,52 @@ impl Model {
         .map_err(core_err)
     }
 
+    /// Combines registered adapters into a new one registered as `name` (PEFT
+    /// `add_weighted_adapter`, as `taskloom lora combine`). `opts`: `adapters` `{ name: weight }`,
+    /// `combination` (linear, cat, svd, ties, dare_linear, dare_ties, magnitude_prune, their `_svd`
+    /// forms), `density`, `svdRank`, `seed` (DARE), `majoritySign` ("total" | "frequency").
+    /// Resolves to `{ r, modules }` of the new adapter.
+    #[wasm_bindgen(js_name = combineAdapters)]
+    pub fn combine_adapters(&mut self, name: String, opts: JsValue) -> Result<JsValue, JsError> {
+        use taskloom::lora::combine::{combine, Combination, CombineOptions, MajoritySign};
+        let combination: Combination = match opt_field(&opts, "combination")? {
+            Some(v) => v.as_string().ok_or_else(|| bad_input("options.combination must be a string"))?.parse().map_err(core_err)?,
+            None => Combination::Linear,
+        };
+        let mix = match opt_field(&opts, "adapters")? {
+            Some(v) => mix_from_js(&v)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if mix.is_empty() {
+            return Err(bad_input("options.adapters must name at least one registered adapter: { name: weight }"));
+        }
+        let mut o = CombineOptions::new(name, combination);
+        o.density = num(&opts, "density")?;
+        o.svd_rank = num(&opts, "svdRank")?.map(|v| v as usize);
+        o.seed = num(&opts, "seed")?.map_or(0, |v| v as u64);
+        if let Some(v) = opt_field(&opts, "majoritySign")? {
+            o.majority_sign = v.as_string().ok_or_else(|| bad_input("options.majoritySign must be a string"))?.parse::<MajoritySign>().map_err(core_err)?;
+        }
+        let set = match &self.kind {
+            Kind::Encoder(e) => &e.bert.lora,
+            Kind::Decoder(d) => &d.model.lora,
+            Kind::MultiTask(..) => return Err(unsupported("combineAdapters()")),
+        };
+        let held = mix
+            .iter()
+            .map(|(n, w)| set.get(n).cloned().map(|a| (a, *w)).ok_or_else(|| bad_input(format!("adapter '{n}' is not registered (registered: {:?})", set.names()))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inputs: Vec<(&Adapter, f32)> = held.iter().map(|(a, w)| (a.as_ref(), *w)).collect();
+        let out = combine(&inputs, &o).map_err(core_err)?;
+        let info = BTreeMap::from([("r", out.config.r), ("modules", out.modules.len())]);
+        match &mut self.kind {
+            Kind::Encoder(e) => e.bert.add_adapter(&e.device, out).map_err(core_err)?,
+            Kind::Decoder(d) => d.model.add_adapter(&d.device, out).map_err(core_err)?,
+            Kind::MultiTask(..) => return Err(unsupported("combineAdapters()")),
+        }
+        to_js(&info)
+    }
+
     #[wasm_bindgen(js_name = removeAdapter)]
     pub fn remove_adapter(&mut self, name: String) -> Result<(), JsError> {
         match &mut self.kind {
