@@ -93,6 +93,49 @@ function call(f) {
 }
 
 let ready = null;
+let wasmMemory = null;
+
+/**
+ * Bytes of the WebAssembly heap (0 before `init`). A wasm heap never shrinks, so this is the high-water
+ * mark of the CPU path's memory: repeated load/dispose of a model must leave it flat.
+ */
+export function wasmMemoryBytes() {
+  return wasmMemory ? wasmMemory.buffer.byteLength : 0;
+}
+
+// ---- WebGPU device loss ---------------------------------------------------------------------
+// wgpu asks for its GPUDevice through `GPUAdapter.prototype.requestDevice`. While a model is being
+// created, the facade wraps that method (once, passing every call through unchanged) to learn which
+// GPUDevice the model got, and watches its `lost` promise (a destroyed device, a driver reset, a
+// tab in the background for too long). Devices created outside a `Model.load` are not touched.
+const WRAPPED = Symbol.for("taskloom.requestDevice");
+let deviceSinks = [];
+
+function watchRequestDevice() {
+  const A = globalThis.GPUAdapter;
+  if (!A?.prototype?.requestDevice || A.prototype.requestDevice[WRAPPED]) return;
+  const orig = A.prototype.requestDevice;
+  const wrapped = async function requestDevice(...args) {
+    const d = await orig.apply(this, args);
+    for (const sink of deviceSinks) sink(d);
+    return d;
+  };
+  wrapped[WRAPPED] = true;
+  A.prototype.requestDevice = wrapped;
+}
+
+/** Runs the async `f`; resolves to [its result, the GPUDevices requested while it ran]. */
+async function withDevices(f) {
+  watchRequestDevice();
+  const got = [];
+  const sink = (d) => got.push(d);
+  deviceSinks.push(sink);
+  try {
+    return [await f(), got];
+  } finally {
+    deviceSinks = deviceSinks.filter((x) => x !== sink);
+  }
+}
 
 /**
  * Loads the WebAssembly module once. `Runtime.create` calls it for you; call it yourself to load
@@ -113,7 +156,8 @@ export function init(source) {
           src = url;
         }
       }
-      await initWasm({ module_or_path: src });
+      const exports = await initWasm({ module_or_path: src });
+      wasmMemory = exports?.memory ?? null;
     })().catch((e) => {
       ready = null; // let a later call retry
       throw new TaskloomError("IO", `could not load the taskloom WebAssembly module: ${e?.message ?? e}`, { cause: e });
@@ -478,23 +522,118 @@ async function cachedFetch(url, signal) {
  */
 export class Model {
   #raw;
+  // Device loss: how to load the model again, the calls that changed it since (adapters, mixes,
+  // fusing; replayed in order), the GPUDevice it runs on and, once that is lost, the loss info.
+  #source = null;
+  #opts = null;
+  #replay = [];
+  #gpu = null;
+  #lost = null;
+  #recovering = null;
   constructor(raw) {
     if (!(raw instanceof RawModel)) throw new TypeError("use `await Model.load(source, opts)`");
     this.#raw = raw;
   }
 
+  /**
+   * `opts`: device ("auto" | "webgpu" | "cpu"), tasks, trunk, onProgress, signal, onDeviceLost
+   * (called with `{ reason, message }` when the WebGPU device is lost; the next call reloads the
+   * model — see README.md, "Device loss").
+   */
   static async load(source, opts = {}) {
     const signal = call(() => signalOf(opts));
     call(() => checkAbort(signal, "Model.load"));
     await init();
     const files = await call(() => gatherModel(source, opts));
     call(() => checkAbort(signal, "Model.load"));
-    const raw = await call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks }));
+    const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks })));
     if (signal?.aborted) {
       raw.free();
       call(() => checkAbort(signal, "Model.load"));
     }
-    return new Model(raw);
+    const m = new Model(raw);
+    const { signal: _s, onProgress: _p, ...keep } = opts ?? {};
+    m.#source = source;
+    m.#opts = keep;
+    m.#watch(raw, devices);
+    return m;
+  }
+
+  #watch(raw, devices) {
+    this.#gpu = raw.device === "webgpu" ? (devices.at(-1) ?? null) : null;
+    const gpu = this.#gpu;
+    gpu?.lost?.then((info) => {
+      if (this.#gpu !== gpu || !this.#raw) return; // replaced or disposed meanwhile
+      this.#lost = { reason: info?.reason ?? "unknown", message: info?.message ?? "" };
+      try {
+        this.#opts?.onDeviceLost?.(this.#lost);
+      } catch (e) {
+        console.warn("taskloom: onDeviceLost threw", e);
+      }
+    });
+  }
+
+  /** Whether the model's WebGPU device was lost and the next call will reload it. */
+  get deviceLost() {
+    return this.#lost !== null;
+  }
+
+  /**
+   * After a device loss: loads the model again from its source (device "auto" may now give the CPU;
+   * "webgpu" must get a new device) and replays the adapter calls made since the load. A failure
+   * is a DEVICE error; the model stays lost, so a later call tries again (or `Model.load` anew).
+   */
+  async #recover() {
+    if (!this.#lost) return this.#self();
+    this.#recovering ??= (async () => {
+      const lost = this.#lost;
+      const lostGpu = this.#gpu;
+      try {
+        const files = await gatherModel(this.#source, this.#opts);
+        const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: this.#opts?.device ?? "auto", tasks: this.#opts?.tasks })));
+        for (const [op, ...args] of this.#replay) call(() => raw[op](...args));
+        if (!this.#raw) {
+          raw.free(); // disposed while reloading
+          return;
+        }
+        const old = this.#raw;
+        this.#raw = raw;
+        this.#lost = null;
+        this.#watch(raw, devices);
+        try {
+          old.free();
+          lostGpu?.destroy();
+        } catch {}
+        console.warn(`taskloom: the WebGPU device was lost (${lost.reason}${lost.message ? `: ${lost.message}` : ""}); model reloaded on ${raw.device}`);
+      } catch (e) {
+        const t = toTaskloomError(e);
+        throw new TaskloomError("DEVICE", `the WebGPU device was lost (${lost.reason}) and the model could not be reloaded: ${t?.message ?? t}; load it again with Model.load`, { cause: e });
+      } finally {
+        this.#recovering = null;
+      }
+    })();
+    await this.#recovering;
+    return this.#self();
+  }
+
+  /** Runs `f(raw)` on a live device: recovers first, and maps a failure during a loss to DEVICE. */
+  async #onDevice(f) {
+    const raw = await this.#recover();
+    try {
+      return await f(raw);
+    } catch (e) {
+      if (this.#lost && !(e instanceof TaskloomError && e.code === "ABORTED")) {
+        throw new TaskloomError("DEVICE", `the WebGPU device was lost during the call (${this.#lost.reason}); the next call reloads the model`, { cause: e });
+      }
+      throw e;
+    }
+  }
+
+  /** A call that changes the model's adapters or weights: applied now, replayed after a device loss. */
+  #change(op, ...args) {
+    const raw = this.#self();
+    if (!this.#lost) call(() => raw[op](...args));
+    if (this.#gpu) this.#replay.push([op, ...args]);
   }
 
   /**
@@ -502,12 +641,12 @@ export class Model {
    * array of pixel values — and resolves to `{ [task]: output }`.
    */
   async run(input, opts = {}) {
-    const raw = this.#self();
+    this.#self();
     if (typeof input !== "string" && !Array.isArray(input) && !ArrayBuffer.isView(input)) {
       throw new TaskloomError("BAD_INPUT", `input must be a string (text models) or an array of pixel values (image models), got ${describe(input)}`);
     }
     const x = typeof input === "string" ? input : Array.from(input);
-    return await call(() => abortable(signalOf(opts), "run()", () => raw.run(x, { tasks: opts?.tasks })));
+    return await this.#onDevice((raw) => call(() => abortable(signalOf(opts), "run()", () => raw.run(x, { tasks: opts?.tasks }))));
   }
 
   /** Multi-task models: tokens per expert of the last `run`: `{ task: { block: counts } }`. */
@@ -556,11 +695,12 @@ export class Model {
    * not reloaded. `opts.onProgress` as for `Model.load`.
    */
   async addAdapter(name, source, opts = {}) {
-    const raw = this.#self();
+    this.#self();
     const signal = call(() => signalOf(opts));
     const files = await call(() => gatherFiles(source, totalProgress(opts?.onProgress), ADAPTER_FILES, signal));
     call(() => checkAbort(signal, "addAdapter()"));
-    call(() => raw.addAdapter(String(name), files));
+    await this.#recover();
+    this.#change("addAdapter", String(name), files);
   }
 
   /**
@@ -570,23 +710,25 @@ export class Model {
    * `svdRank`, `seed` (DARE), `majoritySign`. Resolves to `{ r, modules, ms }`.
    */
   async combineAdapters(name, opts = {}) {
-    const raw = this.#self();
+    this.#self();
     const signal = call(() => signalOf(opts));
     call(() => checkAbort(signal, "combineAdapters()"));
     const { signal: _s, ...rest } = opts ?? {};
+    await this.#recover();
     const t0 = performance.now();
-    const info = call(() => raw.combineAdapters(String(name), rest));
+    const info = call(() => this.#self().combineAdapters(String(name), rest));
+    if (this.#gpu) this.#replay.push(["combineAdapters", String(name), rest]);
     return { ...info, ms: performance.now() - t0 };
   }
 
   /** Unregisters an adapter (unfusing it first if it is fused). */
   removeAdapter(name) {
-    call(() => this.#self().removeAdapter(String(name)));
+    this.#change("removeAdapter", String(name));
   }
 
   /** The default adapter mix for requests that name none: `{ a: 0.7, b: 0.3 }`, a name, or `{}`. */
   setAdapters(mix) {
-    call(() => this.#self().setAdapters(mix ?? {}));
+    this.#change("setAdapters", mix ?? {});
   }
 
   /** Names of the registered adapters. */
@@ -596,12 +738,12 @@ export class Model {
 
   /** Bakes the default mix into the weights (W + s·B·A); requests for other mixes still work. */
   fuse() {
-    call(() => this.#self().fuse());
+    this.#change("fuse");
   }
 
   /** Restores the original weights exactly. */
   unfuse() {
-    call(() => this.#self().unfuse());
+    this.#change("unfuse");
   }
 
   /** Class names of a sequence-classification model. */
@@ -614,9 +756,9 @@ export class Model {
    * `opts.adapter`: a name or `{ name: weight }` for this request (its saved classifier is used).
    */
   async classify(text, opts = {}) {
-    const raw = this.#self();
+    this.#self();
     const many = Array.isArray(text);
-    const out = await call(() => abortable(signalOf(opts), "classify()", () => raw.classify(many ? text : [text], { adapter: opts?.adapter })));
+    const out = await this.#onDevice((raw) => call(() => abortable(signalOf(opts), "classify()", () => raw.classify(many ? text : [text], { adapter: opts?.adapter }))));
     const labels = this.labels;
     const res = out.map((logits) => {
       const m = Math.max(...logits);
@@ -634,8 +776,8 @@ export class Model {
    * `opts.adapter`: a name or `{ name: weight }` for this request.
    */
   async logits(ids, opts = {}) {
-    const raw = this.#self();
-    const data = await call(() => abortable(signalOf(opts), "logits()", () => raw.logits(Uint32Array.from(ids), { adapter: opts?.adapter })));
+    this.#self();
+    const data = await this.#onDevice((raw) => call(() => abortable(signalOf(opts), "logits()", () => raw.logits(Uint32Array.from(ids), { adapter: opts?.adapter }))));
     const t = ids.length;
     return { dims: [t, t ? data.length / t : 0], data };
   }
@@ -646,8 +788,8 @@ export class Model {
    */
   async embed(text, opts = {}) {
     const many = Array.isArray(text);
-    const raw = this.#self();
-    const out = await call(() => abortable(signalOf(opts), "embed()", () => raw.embed(many ? text : [text], { adapter: opts?.adapter })));
+    this.#self();
+    const out = await this.#onDevice((raw) => call(() => abortable(signalOf(opts), "embed()", () => raw.embed(many ? text : [text], { adapter: opts?.adapter }))));
     return many ? out : out[0];
   }
 
@@ -657,7 +799,8 @@ export class Model {
    * `{ name: weight }` for this request), signal (AbortSignal).
    */
   async *generate(prompt, opts = {}) {
-    const raw = this.#self();
+    this.#self();
+    const raw = await this.#recover();
     const queue = [];
     let wake = null;
     let done = false;
@@ -698,8 +841,21 @@ export class Model {
     }
   }
 
+  /**
+   * Frees the model now. On WebGPU this also destroys the model's GPUDevice (each model has its
+   * own): wgpu's WebGPU backend never destroys buffers itself, leaving GPU memory to the garbage
+   * collector, so without this repeated load/dispose grows GPU memory.
+   */
   dispose() {
+    const gpu = this.#gpu;
+    this.#gpu = null; // before destroy(): the `lost` handler ignores a device that is no longer ours
     this.#raw?.free();
     this.#raw = null;
+    try {
+      gpu?.destroy();
+    } catch {}
+    this.#lost = null;
+    this.#replay = [];
+    this.#source = null;
   }
 }
