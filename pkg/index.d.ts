@@ -124,6 +124,8 @@ export function fetchModelFiles(source: ModelSource, opts?: { onProgress?: (p: L
 export function setCaching(on: boolean): void;
 /** Deletes the weights cache. */
 export function clearCache(): Promise<void>;
+/** Bytes of the WebAssembly heap (never shrinks: the CPU path's high-water mark); 0 before `init`. */
+export function wasmMemoryBytes(): number;
 
 export interface ModelLoadOptions extends Abortable {
   device?: "auto" | "webgpu" | "cpu";
@@ -132,6 +134,12 @@ export interface ModelLoadOptions extends Abortable {
   tasks?: string[];
   /** Multi-task models with an hf trunk: the trunk's folder (any model source). */
   trunk?: ModelSource;
+  /**
+   * Called when the model's WebGPU device is lost (`GPUDevice.lost`: a driver reset, `destroy()`).
+   * The model's next call reloads it from its source on a new device (or the CPU for
+   * `device: "auto"`) and replays its adapter calls; see README "Device loss".
+   */
+  onDeviceLost?: (info: { reason: string; message: string }) => void;
 }
 
 export interface GenerateOptions {
@@ -247,5 +255,8 @@ export class Model {
   unfuse(): void;
   /** Streams generated tokens (decoders). */
   generate(prompt: string, opts?: GenerateOptions): AsyncIterableIterator<{ id: number; text: string }>;
+  /** True after the model's WebGPU device was lost, until the next call has reloaded it. */
+  readonly deviceLost: boolean;
+  /** Frees the model now; on WebGPU also destroys its GPUDevice (all of its GPU memory). */
   dispose(): void;
 }
