@@ -633,7 +633,8 @@ export class Model {
   #change(op, ...args) {
     const raw = this.#self();
     if (!this.#lost) call(() => raw[op](...args));
-    if (this.#gpu) this.#replay.push([op, ...args]);
+    // A copy: the caller may change its mix object afterwards.
+    if (this.#gpu) this.#replay.push([op, ...args.map((a) => (op === "addAdapter" ? a : structuredClone(a)))]);
   }
 
   /**
@@ -717,7 +718,7 @@ export class Model {
     await this.#recover();
     const t0 = performance.now();
     const info = call(() => this.#self().combineAdapters(String(name), rest));
-    if (this.#gpu) this.#replay.push(["combineAdapters", String(name), rest]);
+    if (this.#gpu) this.#replay.push(["combineAdapters", String(name), structuredClone(rest)]);
     return { ...info, ms: performance.now() - t0 };
   }
 
