@@ -48,6 +48,6 @@ echo "wasm size: taskloom $ours_wasm bytes ($(gzip -9c pkg/dist/taskloom_web_bg.
 if [ "${DEMOS:-0}" = 1 ]; then
   : "${TASKLOOM_CLI:?DEMOS=1 needs TASKLOOM_CLI (a built taskloom binary)}"
   export PATH=$PWD/node_modules/.bin:$PATH XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
-  node --test --test-concurrency=1 tests/browser/demos.test.mjs 2>&1 | sed -n '/demo timings/,/^[^ a-z]/p' | grep -E "first result|timings"
+  node --test --test-concurrency=1 tests/browser/demos.test.mjs 2>&1 | grep -E "^# (digits|studio|text) .*first result" | sed 's/^# /demo: /' | tee -a "$log"
 fi
 echo "log: $log"
