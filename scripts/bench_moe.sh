@@ -18,7 +18,7 @@ DEVICES=${DEVICES:-cpu}
 RUNS=${RUNS:-9}
 cargo build --release -q -p taskloom --example bench_moe
 BIN=$(mktemp -p target)  # /tmp may be mounted noexec
-cp target/release/examples/bench_moe "$BIN"
+cp target/release/examples/bench_moe "$BIN" && chmod +x "$BIN"
 out=$(mktemp)
 OMP_NUM_THREADS=$THREADS "$REFPY" scripts/bench_moe.py --runs "$RUNS" | tee -a "$out"
 for d in $DEVICES; do "$BIN" --device "$d" --runs "$RUNS" ${SWEEP:+--sweep} | tee -a "$out"; done

@@ -7,7 +7,8 @@
 //! ```
 //! Defaults: top-2 of 8 experts, 128 tokens, C = 512, F = 2048, random weights (f32). For each
 //! expert MLP — ViT-style `fc2(gelu(fc1 x + b1)) + b2` and SwiGLU `down(silu(gate x) * up x)` — it
-//! times, as the median of N runs after two warm-ups (each run waited for by downloading the output):
+//! times, as the median of N runs after two warm-ups (each run waited for by downloading the output;
+//! the variants take turns within each round, so machine noise hits them alike):
 //! * `grouped`: router matmul → `MoeRoute` → `MoeBucket` → `GroupedMatmul` per projection → the
 //!   weighted sum (what `RoutedMoe` and `SparseMoe` run);
 //! * `perpick`: the same with a GEMV per pick (`ExpertMatmul`, biases gathered with `Embedding`):
@@ -157,29 +158,34 @@ impl Layer {
     }
 }
 
-/// Median milliseconds of `runs` runs of `f` (after 2 warm-ups), each waited for by a download,
-/// and the ops one run records.
-fn time(dev: &Device, runs: usize, f: impl Fn(&Counted) -> R<Tensor>) -> R<(f64, usize)> {
-    let mut ms = Vec::new();
-    let mut ops = 0;
+type Job<'a> = &'a dyn Fn(&Counted) -> R<Tensor>;
+
+/// Median milliseconds of `runs` runs of each job (after 2 warm-up rounds), each run waited for by
+/// a download, and the ops one run records. The jobs take turns within every round, so the noise of
+/// a shared machine falls on all of them alike.
+fn time(dev: &Device, runs: usize, jobs: &[Job]) -> R<Vec<(f64, usize)>> {
+    let mut ms = vec![Vec::new(); jobs.len()];
+    let mut ops = vec![0; jobs.len()];
     for i in 0..runs + 2 {
-        let d = Counted { dev, ops: Cell::new(0) };
-        let before = gpu_dispatches(dev);
-        let t0 = Instant::now();
-        let y = f(&d)?;
-        let after = gpu_dispatches(dev);
-        pollster::block_on(dev.download(&y))?;
-        if i >= 2 {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        if let (Some(a), Some(b)) = (before, after) {
-            if (b - a) as usize != d.ops.get() {
-                return Err(format!("counted {} ops but the GPU recorded {} dispatches", d.ops.get(), b - a).into());
+        for (j, f) in jobs.iter().enumerate() {
+            let d = Counted { dev, ops: Cell::new(0) };
+            let before = gpu_dispatches(dev);
+            let t0 = Instant::now();
+            let y = f(&d)?;
+            let after = gpu_dispatches(dev);
+            pollster::block_on(dev.download(&y))?;
+            if i >= 2 {
+                ms[j].push(t0.elapsed().as_secs_f64() * 1e3);
             }
+            if let (Some(a), Some(b)) = (before, after) {
+                if (b - a) as usize != d.ops.get() {
+                    return Err(format!("counted {} ops but the GPU recorded {} dispatches", d.ops.get(), b - a).into());
+                }
+            }
+            ops[j] = d.ops.get();
         }
-        ops = d.ops.get();
     }
-    Ok((median(ms), ops))
+    Ok(ms.into_iter().map(median).zip(ops).collect())
 }
 
 fn gpu_dispatches(dev: &Device) -> Option<u64> {
@@ -204,9 +210,8 @@ fn main() -> R<()> {
         let name = if mlp == Mlp::Gelu { "gelu" } else { "swiglu" };
         let layer = Layer::new(&dev, mlp, e, k, c, f)?;
         let h = dev.upload(&random(&mut seed, &[tokens, c], 1.0))?;
-        let (grouped, dg) = time(&dev, runs, |d| layer.moe(d, &h, true))?;
-        let (perpick, dp) = time(&dev, runs, |d| layer.moe(d, &h, false))?;
-        let (dense, dd) = time(&dev, runs, |d| layer.dense(d, &h))?;
+        let t = time(&dev, runs, &[&|d| layer.moe(d, &h, true), &|d| layer.moe(d, &h, false), &|d| layer.dense(d, &h)])?;
+        let [(grouped, dg), (perpick, dp), (dense, dd)] = [t[0], t[1], t[2]];
         println!(
             "bench=moe_layer device={kind} mlp={name} tokens={tokens} experts={e} k={k} c={c} f={f} runs={runs} \
              grouped_ms={grouped:.3} perpick_ms={perpick:.3} dense_ms={dense:.3} \
@@ -215,8 +220,8 @@ fn main() -> R<()> {
         if args.iter().any(|a| a == "--sweep") && mlp == Mlp::Gelu {
             for t in [1usize, 2, 4, 8, 16, 32] {
                 let h = dev.upload(&random(&mut seed, &[t, c], 1.0))?;
-                let (g, _) = time(&dev, runs, |d| layer.moe(d, &h, true))?;
-                let (p, _) = time(&dev, runs, |d| layer.moe(d, &h, false))?;
+                let r = time(&dev, runs, &[&|d| layer.moe(d, &h, true), &|d| layer.moe(d, &h, false)])?;
+                let (g, p) = (r[0].0, r[1].0);
                 println!("bench=moe_sweep device={kind} mlp={name} tokens={t} picks={} grouped_ms={g:.3} perpick_ms={p:.3}", t * k);
             }
         }

@@ -3,8 +3,8 @@
 //! `ExpertMatmul` multiplies every pick by its expert on its own: a GEMV per pick that re-reads
 //! the expert's whole `[N, Cin]` matrix each time. Here the picks are first grouped by expert
 //! (`moe_bucket`: counts, exclusive prefix sum, stable scatter), then each expert's rows are
-//! gathered into one `[m, Cin]` block and multiplied with one gemm call, and the result rows are
-//! scattered back to their picks. Experts run in parallel (rayon), each gemm single-threaded, so an
+//! gathered into one `[m, Cin]` block and multiplied with one gemm call (a GEMV per row below
+//! `GEMM_MIN_ROWS`), and the result rows are scattered back to their picks. Experts run in parallel (rayon), each gemm single-threaded, so an
 //! expert's weights are read once per call; f16/bf16 weights are widened one expert at a time.
 
 use super::matmul::gemm_block;
@@ -13,6 +13,11 @@ use crate::shape::Shape;
 use crate::tensor::HostData;
 use gemm::Parallelism;
 use std::borrow::Cow;
+
+/// Rows of one expert from which one gemm call beats a GEMV per row: gemm packs the expert's
+/// whole weight matrix first, which a handful of rows does not repay (bench_moe --sweep on the
+/// 2-core machine: 4 rows per expert 30% slower as one gemm, 8 rows even).
+const GEMM_MIN_ROWS: usize = 8;
 
 /// `idx [R*K]` (expert per pick) → `(offsets [E+2], order [R*K])`: bucket `b` (expert `b`, or
 /// `E` for ids `>= E`) holds `order[offsets[b]..offsets[b+1]]`, pick ids ascending.
@@ -97,7 +102,14 @@ pub(super) fn grouped_matmul(
         }
         if cin > 0 {
             let wt = expert_weights(w, ex, n * cin);
-            gemm_block(m, n, cin, &a, &wt, true, bias.is_some(), &mut o, Parallelism::None);
+            if m < GEMM_MIN_ROWS {
+                // A few rows: gemm would pack the whole [N, Cin] weight for them; row GEMVs stream it.
+                for (ar, or) in a.chunks(cin).zip(o.chunks_mut(n)) {
+                    gemm_block(1, n, cin, ar, &wt, true, bias.is_some(), or, Parallelism::None);
+                }
+            } else {
+                gemm_block(m, n, cin, &a, &wt, true, bias.is_some(), &mut o, Parallelism::None);
+            }
         }
         o
     };

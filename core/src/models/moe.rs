@@ -3,13 +3,15 @@
 //! DeepSeek-style routing (sigmoid scores, a selection-only bias, group-limited top-k, a scaling
 //! factor) is the same op, configured.
 //!
-//! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS`] picks on (prefill, batches)
+//! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS_PER_EXPERT`] picks per expert
+//! on (prefill, batches)
 //! the picks are bucketed by expert once per layer (`MoeBucket`: prefix sums on the device) and
 //! gate, up and down are each one `GroupedMatmul`, which reads an expert's weights once per tile of
 //! its rows; below it (decode) each is one `ExpertMatmul` (a GEMV per pick), which saves the
 //! bucketing dispatch where there is nothing to share. Everything stays on the device: the routing
 //! ids feed the expert kernels directly, with no host readback. Dispatches per Mixtral layer:
-//! router matmul, routing, bucketing, 3 expert matmuls, SiLU, mul, weighted sum = 9 (8 when decoding).
+//! router matmul, routing, bucketing, 3 expert matmuls, SiLU, mul, weighted sum = 9 (8 without
+//! bucketing, e.g. decoding one token).
 //!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
@@ -20,13 +22,13 @@ use crate::error::{Error, FileError, Result};
 use crate::op::Op;
 use crate::tensor::{Tensor, TensorData};
 
-/// Picks (R*K) from which [`ExpertRouting::new`] buckets the experts: below, a GEMV per pick.
-/// `core/examples/bench_moe.rs --sweep` measured both on the 2-core CPU (top-2 of 8, C = 512,
-/// F = 2048): bucketing was never slower from 2 picks on (one token: equal; 16 tokens, 32 picks:
-/// 1.5x faster, 128 tokens: 3.7x), because per-expert gemm calls run in parallel and share weight
-/// reads. So only a single pick (one token, top-1) takes the GEMV path, where bucketing has nothing
-/// to share and would add a dispatch.
-pub const BUCKET_MIN_PICKS: usize = 2;
+/// Picks per expert from which [`ExpertRouting::new`] buckets: R*K >= this * E buckets, fewer run
+/// a GEMV per pick. `core/examples/bench_moe.rs --sweep` on the 2-core CPU (top-2 of 8, C = 512,
+/// F = 2048, GELU experts, medians of 15 interleaved runs on a loaded machine): 2 and 4 tokens
+/// (0.5 and 1 pick per expert) were 1.4x faster per pick, 8 tokens (2 per expert) 2.5x faster
+/// bucketed, 16 tokens 2.2x, 32 tokens 1.9x, 128 tokens 4.5x. With a pick per expert or fewer
+/// there is no weight reuse to win and bucketing adds a pass and (on a GPU) a dispatch.
+pub const BUCKET_MIN_PICKS_PER_EXPERT: usize = 2;
 
 /// One MoE layer's routing, computed once and shared by all of the layer's expert matmuls:
 /// the ids `[R, K] u32` and, when bucketed, `MoeBucket`'s `(offsets [E+2], order [R, K])`.
@@ -36,9 +38,10 @@ pub struct ExpertRouting {
 }
 
 impl ExpertRouting {
-    /// `idx [R, K] u32` over `experts` experts, bucketed when R*K >= [`BUCKET_MIN_PICKS`].
+    /// `idx [R, K] u32` over `experts` experts, bucketed when R*K >= E ·
+    /// [`BUCKET_MIN_PICKS_PER_EXPERT`] (decode steps and tiny batches take the GEMVs).
     pub fn new(dev: &Device, idx: Tensor, experts: usize) -> Result<ExpertRouting> {
-        let bucketed = idx.shape.numel() >= BUCKET_MIN_PICKS;
+        let bucketed = idx.shape.numel() >= BUCKET_MIN_PICKS_PER_EXPERT * experts;
         ExpertRouting::with(dev, idx, experts, bucketed)
     }
 

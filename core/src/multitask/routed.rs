@@ -2,8 +2,9 @@
 //! device with no host readback: gate matmul → `MoeRoute` (softmax or sigmoid, selection-only bias,
 //! top-k, renormalisation) → `MoeBucket` once → `GroupedMatmul` for fc1 and fc2 (each expert's
 //! bias added in the same kernel) → the weighted sum as one batched `[1, K] x [K, C]` matmul per
-//! token: 6 dispatches plus the activation's. A single pick (one row, top-1) skips the bucketing
-//! and runs `ExpertMatmul` with the biases gathered per pick (`ExpertRouting`, models/moe.rs).
+//! token: 6 dispatches plus the activation's. Fewer than 2 picks per expert (a row or two) skip the
+//! bucketing and run `ExpertMatmul` with the biases gathered per pick: 9 plus the activation's
+//! (`ExpertRouting` and its measured threshold: models/moe.rs).
 //!
 //! Residency (Edge-MoE): only the experts in the union of the loaded tasks' lists are uploaded,
 //! re-indexed in ascending order, so ties still go to the lower original index. A task's gate keeps
