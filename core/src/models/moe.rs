@@ -24,10 +24,11 @@ use crate::tensor::{Tensor, TensorData};
 
 /// Picks per expert from which [`ExpertRouting::new`] buckets: R*K >= this * E buckets, fewer run
 /// a GEMV per pick. `core/examples/bench_moe.rs --sweep` on the 2-core CPU (top-2 of 8, C = 512,
-/// F = 2048, GELU experts, medians of 15 interleaved runs on a loaded machine): 2 and 4 tokens
-/// (0.5 and 1 pick per expert) were 1.4x faster per pick, 8 tokens (2 per expert) 2.5x faster
-/// bucketed, 16 tokens 2.2x, 32 tokens 1.9x, 128 tokens 4.5x. With a pick per expert or fewer
-/// there is no weight reuse to win and bucketing adds a pass and (on a GPU) a dispatch.
+/// F = 2048, GELU experts; two runs of 9-15 interleaved rounds on a loaded, shared machine): per
+/// pick was 1.1-1.4x faster at 2 tokens (0.5 picks per expert) and 1.4-1.8x at 4 tokens (1 per
+/// expert); bucketed was 1.1-2.5x faster at 8 tokens (2 per expert), 1.3-2.2x at 16, 1.4-1.9x at
+/// 32 and 3.3-4.5x at 128. With a pick per expert or fewer there is no weight reuse to win, and
+/// bucketing adds a pass and (on a GPU) a dispatch.
 pub const BUCKET_MIN_PICKS_PER_EXPERT: usize = 2;
 
 /// One MoE layer's routing, computed once and shared by all of the layer's expert matmuls:
