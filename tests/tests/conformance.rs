@@ -454,6 +454,36 @@ fn bucket_then_grouped_matmul_equals_expert_matmul_on_every_device() {
 }
 
 #[test]
+fn expert_routing_buckets_from_two_picks_per_expert_and_both_paths_agree() {
+    // The helper both MoE layers use: bucketed (MoeBucket + GroupedMatmul, fused bias) from
+    // 2 picks per expert on, else ExpertMatmul + Embedding/Add of the bias; the two must agree.
+    use taskloom::models::moe::ExpertRouting;
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpu_or_skip("expert routing"));
+    for dev in &devices {
+        let mut rng = Rng::new(5);
+        for (r, k, e) in [(1usize, 2usize, 4usize), (3, 2, 4), (4, 2, 4), (17, 3, 8)] {
+            let (n, cin) = (19, 33);
+            let up = |t: TensorData| dev.upload(&t).unwrap();
+            let x = up(f32s(&mut rng, &[r, cin], -1.0, 1.0));
+            let w = up(weights(&mut rng, &[e, n, cin], DType::F16));
+            let bias = up(f32s(&mut rng, &[e, n], -1.0, 1.0));
+            let idx = up(moe_ids(&mut rng, r, k, e, "random"));
+            let auto = ExpertRouting::new(dev, idx.clone(), e).unwrap();
+            assert_eq!(auto.is_bucketed(), r * k >= 2 * e, "r{r} k{k} e{e}");
+            let read = |t: taskloom::Tensor| pollster::block_on(dev.download(&t)).unwrap();
+            let mut outs = Vec::new();
+            for bucketed in [false, true] {
+                let routing = ExpertRouting::with(dev, idx.clone(), e, bucketed).unwrap();
+                outs.push(read(routing.matmul(dev, &x, &w, Some(&bias)).unwrap()));
+            }
+            let atol = 2e-6 * ((cin + 1) as f32).sqrt() * 4.0;
+            compare(&outs[1], &outs[0], atol, 1e-5).unwrap_or_else(|err| panic!("r{r} k{k} e{e} on {}: {err}", dev.kind()));
+        }
+    }
+}
+
+#[test]
 fn one_encoder_per_batch_and_cached_pipelines() {
     let Some(dev) = gpu_or_skip("batching") else { return };
     let taskloom::Device::Gpu(g) = &dev else { unreachable!() };
