@@ -184,9 +184,12 @@ fn moe_ids(rng: &mut Rng, r: usize, k: usize, e: usize, pattern: &str) -> Tensor
     TensorData::u32(&[r, k], ids).unwrap()
 }
 
-/// (R, K, E, N, Cin, x per pick, bias, id pattern): R*K not a multiple of any tile, empty experts,
-/// all picks on one expert, invalid ids, and enough rows per expert for the 64-row tile.
-const GROUPED: [(usize, usize, usize, usize, usize, bool, bool, &str); 7] = [
+/// (R, K, E, N, Cin, x per pick, bias, id pattern).
+type GroupedSpec = (usize, usize, usize, usize, usize, bool, bool, &'static str);
+
+/// R*K not a multiple of any tile, empty experts, all picks on one expert, invalid ids, and enough
+/// rows per expert for the 64-row tile.
+const GROUPED: [GroupedSpec; 7] = [
     (1, 1, 1, 1, 1, false, false, "random"),
     (17, 3, 8, 65, 33, false, true, "random"),
     (9, 2, 5, 17, 64, true, false, "ends"),
@@ -197,7 +200,7 @@ const GROUPED: [(usize, usize, usize, usize, usize, bool, bool, &str); 7] = [
 ];
 
 /// The inputs of one `GroupedMatmul` case, bucketed by the CPU oracle, plus the ids they came from.
-fn grouped_inputs(rng: &mut Rng, spec: (usize, usize, usize, usize, usize, bool, bool, &str), dt: DType) -> (Vec<TensorData>, TensorData) {
+fn grouped_inputs(rng: &mut Rng, spec: GroupedSpec, dt: DType) -> (Vec<TensorData>, TensorData) {
     let (r, k, e, n, cin, per_pick, bias, pattern) = spec;
     let x = if per_pick { f32s(rng, &[r, k, cin], -1.0, 1.0) } else { f32s(rng, &[r, cin], -1.0, 1.0) };
     let ids = moe_ids(rng, r, k, e, pattern);
