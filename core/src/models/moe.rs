@@ -3,12 +3,11 @@
 //! DeepSeek-style routing (sigmoid scores, a selection-only bias, group-limited top-k, a scaling
 //! factor) is the same op, configured.
 //!
-//! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS_PER_EXPERT`] picks per expert
-//! on (prefill, batches)
-//! the picks are bucketed by expert once per layer (`MoeBucket`: prefix sums on the device) and
-//! gate, up and down are each one `GroupedMatmul`, which reads an expert's weights once per tile of
-//! its rows; below it (decode) each is one `ExpertMatmul` (a GEMV per pick), which saves the
-//! bucketing dispatch where there is nothing to share. Everything stays on the device: the routing
+//! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS_PER_EXPERT`] picks per
+//! expert on (prefill, batches) the picks are bucketed by expert once per layer (`MoeBucket`:
+//! prefix sums on the device) and gate, up and down are each one `GroupedMatmul`, which reads an
+//! expert's weights once per tile of its rows; below it (decode) each is one `ExpertMatmul` (a GEMV
+//! per pick), which saves the bucketing dispatch where there is nothing to share. Everything stays on the device: the routing
 //! ids feed the expert kernels directly, with no host readback. Dispatches per Mixtral layer:
 //! router matmul, routing, bucketing, 3 expert matmuls, SiLU, mul, weighted sum = 9 (8 without
 //! bucketing, e.g. decoding one token).
