@@ -82,6 +82,25 @@ pub enum Op {
     /// `[R, K, Cin]` (a row per pick), `w [E, N, Cin]` (f32/f16/bf16, `nn.Linear` layout per expert),
     /// `idx [R, K] u32` → `[R, K, N] f32`: `out[r, j] = w[idx[r, j]] · x[r(, j)]`. Ids `>= E` give 0.
     ExpertMatmul,
+    /// MoE bucketing by prefix sums (Edge-MoE's "patch reordering"): the picks of `idx [R, K] u32`
+    /// (from [`Op::MoeRoute`]) grouped by expert → `(offsets [E+2] u32, order [R, K] u32)`.
+    /// `offsets[e]` is the exclusive prefix sum of the per-expert pick counts, so expert `e`'s picks
+    /// are `order[offsets[e]..offsets[e+1]]` (order read flat); ids `>= E` form a trailing invalid
+    /// bucket `offsets[E]..offsets[E+1]`, with `offsets[E]` the number of valid picks and
+    /// `offsets[E+1] = R*K`. `order` holds pick ids `p = r*K + j`, ascending within a bucket (stable),
+    /// so the result is deterministic. It is shaped `[R, K]` like `idx` (R*K entries) so that
+    /// [`Op::GroupedMatmul`] can infer K even for `x [R, Cin]`. E is at most [`MOE_MAX_EXPERTS`].
+    MoeBucket { experts: usize },
+    /// The bucketed expert matmul (grouped GEMM): the same result as [`Op::ExpertMatmul`] `(x, w, idx)`,
+    /// computed expert by expert over the buckets of [`Op::MoeBucket`], so each expert's weights are
+    /// read once per tile of its rows instead of once per pick. Inputs `x [R, Cin] f32` or
+    /// `[R, K, Cin]`, `w [E, N, Cin]` (f32/f16/bf16), `offsets [E+2] u32`, `order [R, K] u32`, and an
+    /// optional `bias [E, N] f32` (added per expert) → `out [R, K, N] f32`, indexed by pick:
+    /// `out[r, j] = w[e] · x[r(, j)] (+ bias[e])` for pick `p = r*K + j` in expert `e`'s bucket; the
+    /// invalid bucket's picks give 0. `offsets`/`order` must come from `MoeBucket` on the same `idx`:
+    /// the CPU rejects malformed ones (`InvalidParam`); GPU kernels clamp their reads (memory-safe,
+    /// result unspecified).
+    GroupedMatmul,
     /// Joins two tensors along `axis`; every other dimension must agree (the KV cache grows this way).
     Concat { axis: usize },
     /// Top-k of each row of `x [.., N] f32` → `(values [.., k] f32, indices [.., k] u32)`, descending,
@@ -130,6 +149,9 @@ pub enum Op {
 /// `>= N` behaves the same; this one is out of range for every stack.
 pub const LORA_EMPTY: u32 = u32::MAX;
 
+/// Most experts [`Op::MoeBucket`] takes (as [`Op::MoeRoute`]: E <= 1024).
+pub const MOE_MAX_EXPERTS: usize = 1024;
+
 macro_rules! op_kinds {
     ($($name:ident),* $(,)?) => {
         /// The op table without parameters: one entry per [`Op`] variant.
@@ -144,7 +166,7 @@ macro_rules! op_kinds {
     };
 }
 op_kinds!(
-    Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Relu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeRoute, TopK,
+    Matmul, Add, Mul, Scale, Axpy, Softmax, LayerNorm, RmsNorm, Gelu, Silu, Sigmoid, Relu, Embedding, Rope, Attention, Permute, Concat, ExpertMatmul, MoeBucket, GroupedMatmul, MoeRoute, TopK,
     LoraShrink, LoraExpand, MagnitudeMask, RandomMask, DellaMask, MaskedRescale, TaskMerge,
 );
 
@@ -172,6 +194,8 @@ impl Op {
             Op::Permute { .. } => OpKind::Permute,
             Op::Concat { .. } => OpKind::Concat,
             Op::ExpertMatmul => OpKind::ExpertMatmul,
+            Op::MoeBucket { .. } => OpKind::MoeBucket,
+            Op::GroupedMatmul => OpKind::GroupedMatmul,
             Op::MoeRoute { .. } => OpKind::MoeRoute,
             Op::TopK { .. } => OpKind::TopK,
             Op::LoraShrink => OpKind::LoraShrink,
@@ -413,6 +437,48 @@ impl Op {
                 let (r, k, cin, n) = (idx.dims()[0], idx.dims()[1], w.dims()[2], w.dims()[1]);
                 if x.dims() != [r, cin] && x.dims() != [r, k, cin] {
                     return Err(mismatch(format!("x [{r}, {cin}] or [{r}, {k}, {cin}]"), x));
+                }
+                out(Shape::new(&[r, k, n])?, DType::F32)
+            }
+            Op::MoeBucket { experts } => {
+                arity(1, 1, "1 (idx)")?;
+                let idx = u32_in(inputs, 0, op, "idx")?;
+                if idx.rank() != 2 {
+                    return Err(mismatch("idx [R, K]".into(), idx));
+                }
+                if experts == 0 || experts > MOE_MAX_EXPERTS {
+                    return Err(Error::InvalidParam { op, reason: format!("experts = {experts} must be in 1..={MOE_MAX_EXPERTS}") });
+                }
+                if idx.numel() > u32::MAX as usize {
+                    return Err(mismatch("idx with fewer than 2^32 picks".into(), idx));
+                }
+                Ok(vec![(Shape::new(&[experts + 2])?, DType::U32), (*idx, DType::U32)])
+            }
+            Op::GroupedMatmul => {
+                arity(4, 5, "4 (x, w, offsets, order) or 5 (x, w, offsets, order, bias)")?;
+                let x = f32_in(0)?;
+                let w = float_weights(inputs, 1, op, "expert weights w")?;
+                let offsets = u32_in(inputs, 2, op, "offsets")?;
+                let order = u32_in(inputs, 3, op, "order")?;
+                if w.rank() != 3 {
+                    return Err(mismatch("w [E, N, Cin]".into(), w));
+                }
+                let (e, n, cin) = (w.dims()[0], w.dims()[1], w.dims()[2]);
+                if offsets.dims() != [e + 2] {
+                    return Err(mismatch(format!("offsets [{}] (E + 2 for w {w})", e + 2), offsets));
+                }
+                if order.rank() != 2 {
+                    return Err(mismatch("order [R, K] (from MoeBucket)".into(), order));
+                }
+                let (r, k) = (order.dims()[0], order.dims()[1]);
+                if x.dims() != [r, cin] && x.dims() != [r, k, cin] {
+                    return Err(mismatch(format!("x [{r}, {cin}] or [{r}, {k}, {cin}] (R, K of order, Cin of w)"), x));
+                }
+                if inputs.len() == 5 {
+                    let bias = f32_in(4)?;
+                    if bias.dims() != [e, n] {
+                        return Err(mismatch(format!("bias [{e}, {n}]"), bias));
+                    }
                 }
                 out(Shape::new(&[r, k, n])?, DType::F32)
             }

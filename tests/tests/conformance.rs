@@ -165,6 +165,75 @@ fn expert_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     }
 }
 
+/// Expert ids for `r x k` picks of `e` experts in one of the bucketing patterns the kernels must
+/// handle: random with some invalid ids (`>= E`, bucket E), all on one expert, or on the first and
+/// last experts only (the ones between are empty).
+fn moe_ids(rng: &mut Rng, r: usize, k: usize, e: usize, pattern: &str) -> TensorData {
+    let e32 = e as u32;
+    let ids = (0..r * k)
+        .map(|i| match pattern {
+            "one" => e32 / 2,
+            "ends" => if rng.below(2) == 0 { 0 } else { e32 - 1 },
+            _ => match i % 11 {
+                10 => e32 + i as u32,
+                9 => u32::MAX,
+                _ => rng.below(e32),
+            },
+        })
+        .collect();
+    TensorData::u32(&[r, k], ids).unwrap()
+}
+
+/// (R, K, E, N, Cin, x per pick, bias, id pattern).
+type GroupedSpec = (usize, usize, usize, usize, usize, bool, bool, &'static str);
+
+/// R*K not a multiple of any tile, empty experts, all picks on one expert, invalid ids, and enough
+/// rows per expert for the 64-row tile.
+const GROUPED: [GroupedSpec; 7] = [
+    (1, 1, 1, 1, 1, false, false, "random"),
+    (17, 3, 8, 65, 33, false, true, "random"),
+    (9, 2, 5, 17, 64, true, false, "ends"),
+    (33, 2, 4, 3, 257, true, true, "one"),
+    (128, 2, 2, 65, 17, false, false, "random"),
+    (255, 1, 3, 64, 16, false, true, "ends"),
+    (5, 4, 256, 17, 9, true, false, "random"),
+];
+
+/// The inputs of one `GroupedMatmul` case, bucketed by the CPU oracle, plus the ids they came from.
+fn grouped_inputs(rng: &mut Rng, spec: GroupedSpec, dt: DType) -> (Vec<TensorData>, TensorData) {
+    let (r, k, e, n, cin, per_pick, bias, pattern) = spec;
+    let x = if per_pick { f32s(rng, &[r, k, cin], -1.0, 1.0) } else { f32s(rng, &[r, cin], -1.0, 1.0) };
+    let ids = moe_ids(rng, r, k, e, pattern);
+    let mut b = taskloom::cpu::run(&Op::MoeBucket { experts: e }, &[&ids]).unwrap();
+    let order = b.pop().unwrap();
+    let offsets = b.pop().unwrap();
+    let mut inputs = vec![x, weights(rng, &[e, n, cin], dt), offsets, order];
+    if bias {
+        inputs.push(f32s(rng, &[e, n], -1.0, 1.0));
+    }
+    (inputs, ids)
+}
+
+fn moe_bucket_cases(rng: &mut Rng, v: &mut Vec<Case>) {
+    // (R, K, E, pattern): one pick; several stages of 256 picks; E = 256 and the maximum 1024
+    // (a thread owning several buckets); all on one expert; empty experts.
+    for (r, k, e, pattern) in
+        [(1, 1, 1, "random"), (17, 2, 8, "random"), (129, 2, 8, "random"), (255, 1, 256, "random"), (64, 4, 3, "one"), (100, 3, 1024, "ends"), (0, 2, 4, "random")]
+    {
+        let ids = moe_ids(rng, r, k, e, pattern);
+        v.push(case(format!("moe_bucket r{r} k{k} e{e} {pattern}"), Op::MoeBucket { experts: e }, vec![ids], 0.0, 0.0));
+    }
+    for spec in GROUPED {
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let (r, k, e, n, cin, per_pick, bias, pattern) = spec;
+            let (inputs, _) = grouped_inputs(rng, spec, dt);
+            let atol = 2e-6 * ((cin + 1) as f32).sqrt() * 4.0;
+            let name = format!("grouped_matmul r{r} k{k} e{e} n{n} cin{cin} per_pick={per_pick} bias={bias} {pattern} {dt}");
+            v.push(case(name, Op::GroupedMatmul, inputs, atol, 1e-5));
+        }
+    }
+}
+
 fn route_cases(rng: &mut Rng, v: &mut Vec<Case>) {
     // (T, E, k, sigmoid, groups, topk_group, norm, scale, bias)
     let specs = [
@@ -307,6 +376,7 @@ fn cases() -> Vec<Case> {
     attention_cases(&mut rng, &mut v);
     permute_cases(&mut rng, &mut v);
     expert_cases(&mut rng, &mut v);
+    moe_bucket_cases(&mut rng, &mut v);
     route_cases(&mut rng, &mut v);
     topk_cases(&mut rng, &mut v);
     lora_cases(&mut rng, &mut v);
@@ -353,6 +423,67 @@ fn cpu_device_matches_cpu_oracle() {
     // The Device::Cpu path (upload, exec, download) must be the oracle itself.
     let failures = run_all(&Device::cpu());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn bucket_then_grouped_matmul_equals_expert_matmul_on_every_device() {
+    // The drop-in claim: MoeBucket + GroupedMatmul on the device (no host step between them) give
+    // ExpertMatmul's result (plus the per-expert bias gathered per pick) from the same ids.
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpu_or_skip("grouped matmul chain"));
+    for dev in &devices {
+        let mut rng = Rng::new(11);
+        for spec in GROUPED {
+            for dt in [DType::F32, DType::BF16] {
+                let (inputs, ids) = grouped_inputs(&mut rng, spec, dt);
+                let (e, cin) = (spec.2, spec.4);
+                let mut want = taskloom::cpu::run(&Op::ExpertMatmul, &[&inputs[0], &inputs[1], &ids]).unwrap().remove(0);
+                if let Some(bias) = inputs.get(4) {
+                    let b = taskloom::cpu::run(&Op::Embedding, &[bias, &ids]).unwrap().remove(0);
+                    want = taskloom::cpu::run(&Op::Add, &[&want, &b]).unwrap().remove(0);
+                }
+                let up = |t: &TensorData| dev.upload(t).unwrap();
+                let (x, w, idx) = (up(&inputs[0]), up(&inputs[1]), up(&ids));
+                let b = dev.exec(&Op::MoeBucket { experts: e }, &[&idx]).unwrap();
+                let mut ins = vec![&x, &w, &b[0], &b[1]];
+                let bias = inputs.get(4).map(up);
+                ins.extend(bias.as_ref());
+                let got = pollster::block_on(dev.download(&dev.exec1(&Op::GroupedMatmul, &ins).unwrap())).unwrap();
+                let atol = 2e-6 * ((cin + 1) as f32).sqrt() * 4.0;
+                compare(&got, &want, atol, 1e-5).unwrap_or_else(|err| panic!("{spec:?} {dt} on {}: {err}", dev.kind()));
+            }
+        }
+    }
+}
+
+#[test]
+fn expert_routing_buckets_from_two_picks_per_expert_and_both_paths_agree() {
+    // The helper both MoE layers use: bucketed (MoeBucket + GroupedMatmul, fused bias) from
+    // 2 picks per expert on, else ExpertMatmul + Embedding/Add of the bias; the two must agree.
+    use taskloom::models::moe::ExpertRouting;
+    let mut devices = vec![Device::cpu()];
+    devices.extend(gpu_or_skip("expert routing"));
+    for dev in &devices {
+        let mut rng = Rng::new(5);
+        for (r, k, e) in [(1usize, 2usize, 4usize), (3, 2, 4), (4, 2, 4), (17, 3, 8)] {
+            let (n, cin) = (19, 33);
+            let up = |t: TensorData| dev.upload(&t).unwrap();
+            let x = up(f32s(&mut rng, &[r, cin], -1.0, 1.0));
+            let w = up(weights(&mut rng, &[e, n, cin], DType::F16));
+            let bias = up(f32s(&mut rng, &[e, n], -1.0, 1.0));
+            let idx = up(moe_ids(&mut rng, r, k, e, "random"));
+            let auto = ExpertRouting::new(dev, idx.clone(), e).unwrap();
+            assert_eq!(auto.is_bucketed(), r * k >= 2 * e, "r{r} k{k} e{e}");
+            let read = |t: taskloom::Tensor| pollster::block_on(dev.download(&t)).unwrap();
+            let mut outs = Vec::new();
+            for bucketed in [false, true] {
+                let routing = ExpertRouting::with(dev, idx.clone(), e, bucketed).unwrap();
+                outs.push(read(routing.matmul(dev, &x, &w, Some(&bias)).unwrap()));
+            }
+            let atol = 2e-6 * ((cin + 1) as f32).sqrt() * 4.0;
+            compare(&outs[1], &outs[0], atol, 1e-5).unwrap_or_else(|err| panic!("r{r} k{k} e{e} on {}: {err}", dev.kind()));
+        }
+    }
 }
 
 #[test]
@@ -407,6 +538,28 @@ fn bad_op_inputs_are_typed_errors_on_every_device() {
         assert_eq!(err(Op::LayerNorm { eps: 0.0 }, &[&a, &a, &a]), "BAD_INPUT");
         assert_eq!(err(Op::Attention { causal: true, scale: 1.0 }, &[&a, &a, &a]), "BAD_INPUT");
         assert_eq!(err(Op::Silu, &[]), "BAD_INPUT");
+        // MoE bucketing: idx must be u32 [R, K], E in 1..=1024; the grouped matmul's offsets must be
+        // [E + 2] for w [E, N, Cin] and order [R, K] must agree with x.
+        let idx2 = dev.upload(&TensorData::u32(&[2, 1], vec![0, 1]).unwrap()).unwrap();
+        assert_eq!(err(Op::MoeBucket { experts: 4 }, &[&a]), "BAD_INPUT");
+        assert_eq!(err(Op::MoeBucket { experts: 4 }, &[&ids]), "BAD_INPUT");
+        assert_eq!(err(Op::MoeBucket { experts: 0 }, &[&idx2]), "BAD_INPUT");
+        assert_eq!(err(Op::MoeBucket { experts: 1025 }, &[&idx2]), "BAD_INPUT");
+        let bk = dev.exec(&Op::MoeBucket { experts: 4 }, &[&idx2]).unwrap();
+        let wt = |d: &[usize]| dev.upload(&TensorData::f32(d, vec![0.0; d.iter().product()]).unwrap()).unwrap();
+        let (w4, w5) = (wt(&[4, 5, 3]), wt(&[5, 5, 3]));
+        assert!(dev.exec(&Op::GroupedMatmul, &[&a, &w4, &bk[0], &bk[1]]).is_ok());
+        assert_eq!(err(Op::GroupedMatmul, &[&a, &w5, &bk[0], &bk[1]]), "BAD_INPUT", "offsets for another E");
+        assert_eq!(err(Op::GroupedMatmul, &[&wt(&[2, 4]), &w4, &bk[0], &bk[1]]), "BAD_INPUT", "x of another Cin");
+        if matches!(dev, Device::Cpu(_)) {
+            // Buckets that did not come from MoeBucket: the CPU checks them (the GPU clamps its reads).
+            let bad = dev.upload(&TensorData::u32(&[6], vec![0, 2, 1, 2, 2, 2]).unwrap()).unwrap();
+            assert_eq!(err(Op::GroupedMatmul, &[&a, &w4, &bad, &bk[1]]), "BAD_INPUT", "falling offsets");
+        }
+        assert_eq!(err(Op::GroupedMatmul, &[&a, &w4, &bk[0], &ids]), "BAD_INPUT", "order of rank 1");
+        assert_eq!(err(Op::GroupedMatmul, &[&a, &w4, &bk[1], &bk[0]]), "BAD_INPUT", "swapped offsets, order");
+        assert_eq!(err(Op::GroupedMatmul, &[&a, &w4, &bk[0], &bk[1], &a]), "BAD_INPUT", "bias not [E, N]");
+        assert_eq!(err(Op::GroupedMatmul, &[&a, &w4, &bk[0]]), "BAD_INPUT", "arity");
         // Multi-LoRA: x [2, 3], a [4, 2, 3], sel [2, 1]; y [2, 5], v [2, 1, 2], b [4, 5, 2], w [2, 1].
         let t = |d: &[usize]| dev.upload(&TensorData::f32(d, vec![0.0; d.iter().product()]).unwrap()).unwrap();
         let (a3, sel) = (t(&[4, 2, 3]), dev.upload(&TensorData::u32(&[2, 1], vec![0, 1]).unwrap()).unwrap());

@@ -93,6 +93,8 @@ fn op_from(kind: &str, p: &Value) -> Result<Op, String> {
         }
         "Concat" => Op::Concat { axis: u("axis")? },
         "ExpertMatmul" => Op::ExpertMatmul,
+        "MoeBucket" => Op::MoeBucket { experts: u("experts")? },
+        "GroupedMatmul" => Op::GroupedMatmul,
         "Sigmoid" => Op::Sigmoid,
         "Relu" => Op::Relu,
         "MoeRoute" => Op::MoeRoute {

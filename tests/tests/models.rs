@@ -96,22 +96,34 @@ fn unknown_architecture_and_missing_tensor_are_typed_errors() {
 }
 
 #[test]
-fn moe_layer_is_eight_dispatches_with_routing_on_the_device() {
-    // Router matmul, routing, 3 expert matmuls, SiLU, mul, weighted sum: 8 dispatches per MoE
-    // layer against 5 for the dense MLP (2 layers here), and nothing read back:
-    // `forward` records work only, the ids never leave the device.
+fn moe_layer_dispatches_with_routing_and_bucketing_on_the_device() {
+    // Prefill (4 tokens x top-2 = 8 picks of 4 experts, 2 per expert: bucketed): router matmul,
+    // routing, bucketing (MoeBucket), 3 grouped expert matmuls, SiLU, mul, weighted sum = 9
+    // dispatches per MoE layer against 5 for the dense MLP (2 layers here). Decoding (1 token,
+    // 2 picks: below BUCKET_MIN_PICKS_PER_EXPERT) runs 3 per-pick ExpertMatmuls instead, no
+    // bucketing: 8. Nothing is read back: `forward` records work only, the ids and buckets never
+    // leave the device.
+    use taskloom::models::moe::BUCKET_MIN_PICKS_PER_EXPERT;
+    assert_eq!(BUCKET_MIN_PICKS_PER_EXPERT, 2, "the counts below assume the measured threshold");
     let Some(dev) = gpu_or_skip("moe dispatches") else { return };
     let Device::Gpu(g) = &dev else { unreachable!() };
     let count = |name: &str| {
         let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
         let model = Llama::load(&dev, cfg, &DirFiles(dir(name)).weights().unwrap()).unwrap();
+        let mut cache = model.new_cache();
         let before = g.dispatch_count();
-        let logits = model.forward(&dev, &[1, 2, 3, 4], &mut model.new_cache(), true).unwrap();
-        let n = g.dispatch_count() - before;
+        let logits = model.forward(&dev, &[1, 2, 3, 4], &mut cache, true).unwrap();
+        let prefill = g.dispatch_count() - before;
         pollster::block_on(dev.download(&logits)).unwrap();
-        n
+        let before = g.dispatch_count();
+        let logits = model.forward(&dev, &[5], &mut cache, false).unwrap();
+        let decode = g.dispatch_count() - before;
+        pollster::block_on(dev.download(&logits)).unwrap();
+        (prefill, decode)
     };
-    assert_eq!(count("mixtral") - count("llama"), 2 * (8 - 5));
+    let ((mp, md), (lp, ld)) = (count("mixtral"), count("llama"));
+    assert_eq!(mp - lp, 2 * (9 - 5), "prefill");
+    assert_eq!(md - ld, 2 * (8 - 5), "decode");
 }
 
 #[test]

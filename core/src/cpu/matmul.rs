@@ -90,7 +90,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, 
 
 /// One gemm call on row-major blocks; `accumulate` adds to `out` (pre-filled with the bias).
 #[allow(clippy::too_many_arguments)]
-fn gemm_block(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, accumulate: bool, out: &mut [f32], par: Parallelism) {
+pub(super) fn gemm_block(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, accumulate: bool, out: &mut [f32], par: Parallelism) {
     let (rhs_cs, rhs_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
     // SAFETY: the slices hold at least m*k, k*n and m*n elements (checked by `sgemm`) and the
     // strides address exactly those row-major layouts.

@@ -8,6 +8,7 @@ mod embed;
 mod lora;
 pub mod matmul;
 pub(crate) mod merge;
+mod moe;
 mod norm;
 mod topk;
 
@@ -154,6 +155,16 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
             Ok(vec![TensorData::f32(out_shape.dims(), w)?, TensorData::u32(out_shape.dims(), idx)?])
         }
         Op::ExpertMatmul => one(matmul::expert_matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, u32s(inputs[2].1), &inputs[2].0)),
+        Op::MoeBucket { experts } => {
+            let (offsets, order) = moe::moe_bucket(u32s(inputs[0].1), experts);
+            Ok(vec![TensorData::u32(out_shape.dims(), offsets)?, TensorData::u32(outs[1].0.dims(), order)?])
+        }
+        Op::GroupedMatmul => {
+            let (offsets, order) = (u32s(inputs[2].1), u32s(inputs[3].1));
+            let k = inputs[3].0.dims()[1];
+            let bias = inputs.get(4).map(|b| f32s(b.1));
+            one(moe::grouped_matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, offsets, order, k, bias)?)
+        }
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0], &inputs[1]);
             let outer: usize = a.0.dims()[..axis].iter().product();

@@ -15,6 +15,8 @@ pub enum Shader {
     Permute,
     Concat,
     ExpertMatmul,
+    MoeBucket,
+    GroupedMatmul,
     MoeRoute,
     TopK,
     LoraShrink,
@@ -88,8 +90,28 @@ pub fn matmul_constants(b_dtype: u32, trans_b: bool, t: &MatmulTile) -> Constant
     ]
 }
 
+/// `grouped_matmul` uses the matmul tilings (its weights are always `[N, Cin]`, i.e. transposed).
+pub fn grouped_matmul_constants(w_dtype: u32, t: &MatmulTile) -> Constants {
+    vec![
+        ("W_DTYPE", w_dtype as f64),
+        ("WG_X", t.wg_x as f64),
+        ("WG_Y", t.wg_y as f64),
+        ("TM", t.tm as f64),
+        ("TN", t.tn as f64),
+        ("TK", t.tk as f64),
+    ]
+}
+
+/// The tiling for a grouped matmul of `picks` rows over `experts` buckets and `n` outputs: the
+/// 64-row tile once an expert averages a full tile of rows (prefill), else the 16-row one, which
+/// wastes less on half-empty tiles (decode, few tokens, many experts).
+pub fn grouped_matmul_tile(picks: usize, experts: usize, n: usize) -> &'static MatmulTile {
+    let big = &MATMUL_TILES[0];
+    if n > 16 && picks >= big.bm() as usize * experts.max(1) { big } else { &MATMUL_TILES[1] }
+}
+
 impl Shader {
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Matmul,
         Shader::Elementwise,
         Shader::Norm,
@@ -99,6 +121,8 @@ impl Shader {
         Shader::Permute,
         Shader::Concat,
         Shader::ExpertMatmul,
+        Shader::MoeBucket,
+        Shader::GroupedMatmul,
         Shader::MoeRoute,
         Shader::TopK,
         Shader::LoraShrink,
@@ -121,6 +145,8 @@ impl Shader {
             Shader::Permute => "permute",
             Shader::Concat => "concat",
             Shader::ExpertMatmul => "expert_matmul",
+            Shader::MoeBucket => "moe_bucket",
+            Shader::GroupedMatmul => "grouped_matmul",
             Shader::MoeRoute => "moe_route",
             Shader::TopK => "topk",
             Shader::LoraShrink => "lora_shrink",
@@ -145,6 +171,8 @@ impl Shader {
             Shader::Concat => include_str!("../../../shaders/concat.wgsl"),
             Shader::MoeRoute => include_str!("../../../shaders/moe_route.wgsl"),
             Shader::ExpertMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/expert_matmul.wgsl")),
+            Shader::MoeBucket => include_str!("../../../shaders/moe_bucket.wgsl"),
+            Shader::GroupedMatmul => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/grouped_matmul.wgsl")),
             Shader::TopK => include_str!("../../../shaders/topk.wgsl"),
             Shader::LoraShrink => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_shrink.wgsl")),
             Shader::LoraExpand => concat!(include_str!("../../../shaders/packed.wgsl"), include_str!("../../../shaders/lora_expand.wgsl")),
@@ -166,6 +194,8 @@ impl Shader {
             Shader::Permute => &["permute"],
             Shader::Concat => &["concat"],
             Shader::ExpertMatmul => &["expert_matmul"],
+            Shader::MoeBucket => &["moe_bucket"],
+            Shader::GroupedMatmul => &["grouped_matmul"],
             Shader::MoeRoute => &["moe_route"],
             Shader::TopK => &["topk"],
             Shader::LoraShrink => &["lora_shrink"],
@@ -187,6 +217,8 @@ impl Shader {
             Shader::Norm => &[Read, Read, Read, ReadWrite],
             Shader::Attention => &[Read, Read, Read, Read, ReadWrite],
             Shader::ExpertMatmul => &[Read, Read, Read, ReadWrite],
+            Shader::MoeBucket => &[Read, ReadWrite, ReadWrite],
+            Shader::GroupedMatmul => &[Read, Read, Read, Read, Read, ReadWrite],
             Shader::MoeRoute => &[Read, Read, ReadWrite, ReadWrite],
             Shader::TopK => &[Read, ReadWrite, ReadWrite],
             Shader::LoraShrink => &[Read, Read, Read, ReadWrite],
@@ -212,6 +244,7 @@ impl Shader {
                 }
                 v
             }
+            Shader::GroupedMatmul => MATMUL_TILES.iter().flat_map(|t| (0..3).map(move |dt| grouped_matmul_constants(dt, t))).collect(),
             Shader::Embedding => (0..3).map(|dt| vec![("T_DTYPE", dt as f64)]).collect(),
             Shader::ExpertMatmul | Shader::LoraExpand => (0..3).map(|dt| vec![("W_DTYPE", dt as f64)]).collect(),
             Shader::LoraShrink => {

@@ -1,7 +1,10 @@
 //! Records each op of the table as dispatches of the kernels in `shaders/`. Inputs were validated by
 //! `Op::infer`, so only device limits are checked here.
 
-use super::kernels::{lora_shrink_constants, lora_shrink_lanes, matmul_constants, Shader, LORA_SHRINK_WG, MATMUL_TILES};
+use super::kernels::{
+    grouped_matmul_constants, grouped_matmul_tile, lora_shrink_constants, lora_shrink_lanes, matmul_constants, Shader, LORA_SHRINK_WG,
+    MATMUL_TILES,
+};
 use super::{buffer, GpuBackend};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -19,7 +22,8 @@ const LORA_MAX: usize = 1 << 14;
 
 pub(super) fn supports(op: &Op, dtype: DType) -> bool {
     match op {
-        Op::Matmul { .. } | Op::Embedding | Op::ExpertMatmul | Op::LoraShrink | Op::LoraExpand => dtype.is_float(),
+        Op::Matmul { .. } | Op::Embedding | Op::ExpertMatmul | Op::GroupedMatmul | Op::LoraShrink | Op::LoraExpand => dtype.is_float(),
+        Op::MoeBucket { .. } => dtype == DType::U32,
         Op::Permute { .. } | Op::Concat { .. } => dtype.size_in_bytes() == 4,
         _ => dtype == DType::F32,
     }
@@ -192,6 +196,32 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let groups = [u(n).div_ceil(64), u(gy), u(gz)];
             let consts = [("W_DTYPE", inputs[1].dtype.shader_code() as f64)];
             g.dispatch(Shader::ExpertMatmul, "expert_matmul", &consts, &params, &[inb(0)?, inb(1)?, inb(2)?, ob], groups)?;
+        }
+        Op::MoeBucket { experts } => {
+            let picks = inputs[0].shape.numel();
+            let params = words(&[u(picks), u(experts), 0, 0]);
+            let order = buffer(&out[1])?;
+            // One workgroup: see moe_bucket.wgsl for the cost and the limits.
+            g.dispatch(Shader::MoeBucket, "moe_bucket", &[], &params, &[inb(0)?, ob, order], [1, 1, 1])?;
+        }
+        Op::GroupedMatmul => {
+            let w = &inputs[1].shape;
+            let (e, n, cin) = (w.dims()[0], w.dims()[1], w.dims()[2]);
+            let (picks, k) = (inputs[3].shape.numel(), inputs[3].shape.dims()[1]);
+            let per_pick = (inputs[0].shape.rank() == 3) as u32;
+            let bias = match inputs.get(4) {
+                Some(t) => buffer(t)?,
+                None => g.dummy(),
+            };
+            let params = words(&[u(picks), u(k), u(n), u(cin), u(e), per_pick, (inputs.len() == 5) as u32, 0]);
+            let tile = grouped_matmul_tile(picks, e, n);
+            // Every bucket's tiles, bounded without reading the counts back (grouped_matmul.wgsl).
+            let tiles = picks.div_ceil(tile.bm() as usize) + e + 1;
+            let [gy, gz] = fold(tiles, g.max_groups());
+            let groups = [u(n).div_ceil(tile.bn()), gy, gz];
+            let consts = grouped_matmul_constants(inputs[1].dtype.shader_code(), tile);
+            let bufs = [inb(0)?, inb(1)?, inb(2)?, inb(3)?, bias, ob];
+            g.dispatch(Shader::GroupedMatmul, "grouped_matmul", &consts, &params, &bufs, groups)?;
         }
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0].shape, &inputs[1].shape);

@@ -1,8 +1,16 @@
 //! Sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE): router → softmax → top-k (→ renormalised)
-//! → SiLU-gated experts through `ExpertMatmul` → weighted sum, plus Qwen2-MoE's shared expert
-//! behind a sigmoid gate. Everything stays on the device: the routing ids feed the expert kernels
-//! directly, with no host readback (8 dispatches per Mixtral layer). DeepSeek-style routing (sigmoid
-//! scores, a selection-only bias, group-limited top-k, a scaling factor) is the same op, configured.
+//! → SiLU-gated experts → weighted sum, plus Qwen2-MoE's shared expert behind a sigmoid gate.
+//! DeepSeek-style routing (sigmoid scores, a selection-only bias, group-limited top-k, a scaling
+//! factor) is the same op, configured.
+//!
+//! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS_PER_EXPERT`] picks per
+//! expert on (prefill, batches) the picks are bucketed by expert once per layer (`MoeBucket`:
+//! prefix sums on the device) and gate, up and down are each one `GroupedMatmul`, which reads an
+//! expert's weights once per tile of its rows; below it (decode) each is one `ExpertMatmul` (a GEMV
+//! per pick), which saves the bucketing dispatch where there is nothing to share. Everything stays on the device: the routing
+//! ids feed the expert kernels directly, with no host readback. Dispatches per Mixtral layer:
+//! router matmul, routing, bucketing, 3 expert matmuls, SiLU, mul, weighted sum = 9 (8 without
+//! bucketing, e.g. decoding one token).
 //!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
@@ -12,6 +20,66 @@ use crate::device::Device;
 use crate::error::{Error, FileError, Result};
 use crate::op::Op;
 use crate::tensor::{Tensor, TensorData};
+
+/// Picks per expert from which [`ExpertRouting::new`] buckets: R*K >= this * E buckets, fewer run
+/// a GEMV per pick. `core/examples/bench_moe.rs --sweep` on the 2-core CPU (top-2 of 8, C = 512,
+/// F = 2048, GELU experts; two runs of 9-15 interleaved rounds on a loaded, shared machine): per
+/// pick was 1.1-1.4x faster at 2 tokens (0.5 picks per expert) and 1.4-1.8x at 4 tokens (1 per
+/// expert); bucketed was 1.1-2.5x faster at 8 tokens (2 per expert), 1.3-2.2x at 16, 1.4-1.9x at
+/// 32 and 3.3-4.5x at 128. With a pick per expert or fewer there is no weight reuse to win, and
+/// bucketing adds a pass and (on a GPU) a dispatch.
+pub const BUCKET_MIN_PICKS_PER_EXPERT: usize = 2;
+
+/// One MoE layer's routing, computed once and shared by all of the layer's expert matmuls:
+/// the ids `[R, K] u32` and, when bucketed, `MoeBucket`'s `(offsets [E+2], order [R, K])`.
+pub struct ExpertRouting {
+    idx: Tensor,
+    buckets: Option<(Tensor, Tensor)>,
+}
+
+impl ExpertRouting {
+    /// `idx [R, K] u32` over `experts` experts, bucketed when R*K >= E ·
+    /// [`BUCKET_MIN_PICKS_PER_EXPERT`] (decode steps and tiny batches take the GEMVs).
+    pub fn new(dev: &Device, idx: Tensor, experts: usize) -> Result<ExpertRouting> {
+        let bucketed = idx.shape.numel() >= BUCKET_MIN_PICKS_PER_EXPERT * experts;
+        ExpertRouting::with(dev, idx, experts, bucketed)
+    }
+
+    /// As [`ExpertRouting::new`] with the choice made by the caller (benchmarks, tests).
+    pub fn with(dev: &Device, idx: Tensor, experts: usize, bucketed: bool) -> Result<ExpertRouting> {
+        let buckets = if bucketed {
+            let mut b = dev.exec(&Op::MoeBucket { experts }, &[&idx])?;
+            let order = b.pop().expect("bucketing has two outputs");
+            Some((b.pop().expect("bucketing has two outputs"), order))
+        } else {
+            None
+        };
+        Ok(ExpertRouting { idx, buckets })
+    }
+
+    /// The routing ids `[R, K] u32`.
+    pub fn idx(&self) -> &Tensor {
+        &self.idx
+    }
+
+    pub fn is_bucketed(&self) -> bool {
+        self.buckets.is_some()
+    }
+
+    /// `x [R, Cin]` (one row for all K picks) or `[R, K, Cin]` times each pick's expert of
+    /// `w [E, N, Cin]`, plus that expert's row of `bias [E, N]` → `[R, K, N]`; ids `>= E` give 0.
+    pub fn matmul(&self, dev: &Device, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        match (&self.buckets, bias) {
+            (Some((offsets, order)), Some(b)) => dev.exec1(&Op::GroupedMatmul, &[x, w, offsets, order, b]),
+            (Some((offsets, order)), None) => dev.exec1(&Op::GroupedMatmul, &[x, w, offsets, order]),
+            (None, None) => dev.exec1(&Op::ExpertMatmul, &[x, w, &self.idx]),
+            (None, Some(b)) => {
+                let y = dev.exec1(&Op::ExpertMatmul, &[x, w, &self.idx])?;
+                dev.exec1(&Op::Add, &[&y, &dev.exec1(&Op::Embedding, &[b, &self.idx])?])
+            }
+        }
+    }
+}
 
 pub(crate) struct SparseMoe {
     router: Tensor, // [E, C]
@@ -125,11 +193,12 @@ impl SparseMoe {
         }; // (weights [T, K] f32, idx [T, K] u32)
         let idx = picks.pop().expect("routing has two outputs");
         let weights = picks.pop().expect("routing has two outputs");
-        let idx = &idx;
-        let g = dev.exec1(&Op::ExpertMatmul, &[h, &self.gate, idx])?; // [T, K, F]
-        let u = dev.exec1(&Op::ExpertMatmul, &[h, &self.up, idx])?;
+        let experts = self.router.dims()[0];
+        let r = ExpertRouting::new(dev, idx, experts)?; // bucketed once, shared by gate, up, down
+        let g = r.matmul(dev, h, &self.gate, None)?; // [T, K, F]
+        let u = r.matmul(dev, h, &self.up, None)?;
         let m = dev.exec1(&Op::Mul, &[&dev.exec1(&Op::Silu, &[&g])?, &u])?;
-        let d = dev.exec1(&Op::ExpertMatmul, &[&m, &self.down, idx])?; // [T, K, C]
+        let d = r.matmul(dev, &m, &self.down, None)?; // [T, K, C]
         // out[t] = weights[t] (1 x K) · d[t] (K x C), one small matmul per token.
         let out = dev.exec1(&Op::Matmul { trans_b: false }, &[&weights.reshape(&[t, 1, self.k])?, &d])?;
         let out = out.reshape(&[t, c])?;

@@ -1,7 +1,10 @@
 //! The task-conditioned MoE block (M³ViT): one gate per task over shared experts, routed on the
 //! device with no host readback: gate matmul → `MoeRoute` (softmax or sigmoid, selection-only bias,
-//! top-k, renormalisation) → `ExpertMatmul` for fc1 and fc2 (biases gathered per pick with
-//! `Embedding`) → the weighted sum as one batched `[1, K] x [K, C]` matmul per token.
+//! top-k, renormalisation) → `MoeBucket` once → `GroupedMatmul` for fc1 and fc2 (each expert's
+//! bias added in the same kernel) → the weighted sum as one batched `[1, K] x [K, C]` matmul per
+//! token: 6 dispatches plus the activation's. Fewer than 2 picks per expert (a row or two) skip the
+//! bucketing and run `ExpertMatmul` with the biases gathered per pick: 9 plus the activation's
+//! (`ExpertRouting` and its measured threshold: models/moe.rs).
 //!
 //! Residency (Edge-MoE): only the experts in the union of the loaded tasks' lists are uploaded,
 //! re-indexed in ascending order, so ties still go to the lower original index. A task's gate keeps
@@ -15,6 +18,7 @@ use super::spec::{Act, MoeSpec, Score};
 use super::vit::act;
 use super::{Loader, Part};
 use crate::device::Device;
+use crate::models::moe::ExpertRouting;
 use crate::error::Result;
 use crate::op::Op;
 use crate::tensor::{Tensor, TensorData};
@@ -107,12 +111,12 @@ impl RoutedMoe {
         let mut picks = dev.exec(&self.route, &[&logits, &g.select])?;
         let idx = picks.pop().expect("routing has two outputs"); // [R, K] u32
         let w = picks.pop().expect("routing has two outputs"); // [R, K] f32
-        let a = dev.exec1(&Op::ExpertMatmul, &[h, &self.fc1, &idx])?; // [R, K, F]
-        let a = dev.exec1(&Op::Add, &[&a, &dev.exec1(&Op::Embedding, &[&self.b1, &idx])?])?;
+        let experts = self.resident.len();
+        let routing = ExpertRouting::new(dev, idx, experts)?; // bucketed once, shared by fc1 and fc2
+        let a = routing.matmul(dev, h, &self.fc1, Some(&self.b1))?; // [R, K, F]
         let a = act(dev, self.act, &a)?;
-        let y = dev.exec1(&Op::ExpertMatmul, &[&a, &self.fc2, &idx])?; // [R, K, C]
-        let y = dev.exec1(&Op::Add, &[&y, &dev.exec1(&Op::Embedding, &[&self.b2, &idx])?])?;
+        let y = routing.matmul(dev, &a, &self.fc2, Some(&self.b2))?; // [R, K, C]
         let y = dev.exec1(&Op::Matmul { trans_b: false }, &[&w.reshape(&[r, 1, self.k])?, &y])?; // [R, 1, C]
-        Ok((y.reshape(&[r, c])?, idx))
+        Ok((y.reshape(&[r, c])?, routing.idx().clone()))
     }
 }
