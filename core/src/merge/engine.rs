@@ -149,6 +149,8 @@ pub async fn run(
     let mut tall: Vec<(String, Vec<u8>, usize)> = Vec::new();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    // The output buffer, reused from tensor to tensor (no fresh pages to fault in each time).
+    let mut pool: Vec<f32> = Vec::new();
     for (file, range) in &shards {
         sink.begin(file)?;
         sink.write(&output::header(&entries[range.clone()], Some(&meta)))?;
@@ -156,7 +158,7 @@ pub async fn run(
         for i in range.clone() {
             let (job, e) = (&plan.jobs[i], &entries[i]);
             let bytes = if floats[i] {
-                let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read).await?;
+                let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read, &mut pool).await?;
                 for (k, m) in masks {
                     tall.push((format!("{}:{k}", job.name), packbits(&m), m.len()));
                 }
@@ -164,12 +166,15 @@ pub async fn run(
                 if dt == DType::F32 {
                     // Written straight from the f32 buffer: no byte copy.
                     sink.write(bytemuck::cast_slice(&v))?;
+                    pool = v;
                     summary.tensors += 1;
                     summary.bytes_written += e.bytes;
                     on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
                     continue;
                 }
-                encode(&v, dt)
+                let bytes = encode(&v, dt);
+                pool = v;
+                bytes
             } else {
                 let (m, name) = &job.inputs[job.base.unwrap_or(0)];
                 let (st, _) = models[*m].info(name).expect("checked in entry()");
@@ -261,6 +266,7 @@ async fn compute(
     seed: u64,
     through: Option<DType>,
     read: &mut u64,
+    pool: &mut Vec<f32>,
 ) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>)> {
     let load = |k: usize, out: &mut Vec<f32>, read: &mut u64| -> Result<()> {
         let (m, name) = &job.inputs[k];
@@ -308,15 +314,16 @@ async fn compute(
         m => {
             let g = m.gta().expect("the other methods are task arithmetic");
             let b = job.base.expect("checked: task arithmetic has a base");
-            let base = one(b, read)?;
+            let numel: usize = dims.iter().product();
             let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
-            let mut thetas = Vec::with_capacity(base.len() * others.len());
+            if others.is_empty() {
+                return Ok((one(b, read)?, Vec::new()));
+            }
             let mut rows = Vec::new();
             for &k in &others {
-                load(k, &mut thetas, read)?;
                 let p = &job.per_input[k];
                 let mask = match &opts.masks {
-                    Some(st) if g.sparsify.is_some() => super::masks::lookup(st, &job.name, k, base.len())?,
+                    Some(st) if g.sparsify.is_some() => super::masks::lookup(st, &job.name, k, numel)?,
                     _ => None,
                 };
                 rows.push(Row {
@@ -327,9 +334,6 @@ async fn compute(
                     tall_lambda: num(p, "tall_lambda", 0.6),
                     mask,
                 });
-            }
-            if others.is_empty() {
-                return Ok((base, Vec::new()));
             }
             let lines = num(&job.shared, "lines_alpha", 1.0) + num(&job.shared, "lines_beta", 0.0) * job.t;
             let args = gta::Args {
@@ -345,6 +349,45 @@ async fn compute(
                 tall: flag(&job.shared, "tall_masks"),
                 consensus_k: num(&job.shared, "consensus_k", 0.0).max(0.0) as usize,
             };
+            if matches!(dev, Device::Cpu(_)) && super::fused::supports(&args) {
+                // Straight from the mapped inputs (f32 ones are not copied) into the pooled output.
+                let order: Vec<usize> = std::iter::once(b).chain(others.iter().copied()).collect();
+                let mut views: Vec<std::borrow::Cow<'_, [f32]>> = Vec::with_capacity(order.len());
+                for &k in &order {
+                    let (m, name) = &job.inputs[k];
+                    let (st, info) = models[*m].info(name).expect("checked in entry()");
+                    let bytes = st.bytes(name)?;
+                    *read += bytes.len() as u64;
+                    let plain = info.dtype == "F32" && !matches!(through, Some(DType::F16 | DType::BF16));
+                    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                        Ok(v) if plain => views.push(std::borrow::Cow::Borrowed(v)),
+                        _ => {
+                            let mut v = Vec::with_capacity(numel);
+                            decode(bytes, &info.dtype, through, &mut v);
+                            views.push(std::borrow::Cow::Owned(v));
+                        }
+                    }
+                }
+                let mut out = std::mem::take(pool);
+                if out.len() < numel {
+                    out.resize(numel, 0.0);
+                } else {
+                    out.truncate(numel);
+                }
+                let thetas: Vec<&[f32]> = views[1..].iter().map(|v| v.as_ref()).collect();
+                super::fused::run(&args, &views[0], &thetas, &mut out);
+                drop(views);
+                for (m, name) in &job.inputs {
+                    let (st, _) = models[*m].info(name).expect("checked in entry()");
+                    st.release(name);
+                }
+                return Ok((out, Vec::new()));
+            }
+            let base = one(b, read)?;
+            let mut thetas = Vec::with_capacity(base.len() * others.len());
+            for &k in &others {
+                load(k, &mut thetas, read)?;
+            }
             let o = gta::run(dev, &args, base, thetas).await?;
             let masks = if args.tall { others.iter().copied().zip(o.tall_masks).collect() } else { Vec::new() };
             return Ok((o.merged, masks));

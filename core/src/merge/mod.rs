@@ -42,6 +42,7 @@
 //! `residual_weight`, mergekit's other methods (nuslerp, karcher, sce, ...): each is a recipe error.
 
 mod engine;
+mod fused;
 pub mod gta;
 pub mod interp;
 pub mod masks;

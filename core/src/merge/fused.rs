@@ -1,0 +1,483 @@
+//! The task-arithmetic family on the host in one or two streaming passes over the inputs, straight
+//! from the (memory-mapped) input tensors into the output buffer: no copies of the inputs, no
+//! `[R, N]` delta / mask intermediates. Results are bit-identical to the op-by-op path
+//! ([`super::gta`] on `Device::Cpu`, i.e. the CPU ops `MagnitudeMask` / `RandomMask` /
+//! `MaskedRescale` / `TaskMerge`): every element goes through the same f32 operations in the same
+//! order (checked by the tests below).
+//!
+//! Passes, for `R` task vectors `d_r = θ_r − θ_0` of `N` elements:
+//! 1. **stats** (only when needed): per magnitude-selected row, a histogram of the top 16 bits of
+//!    `|d|`'s float bits (a radix-select's first level), which gives the bin holding each rank
+//!    bound; per DARE row with the L1 rescale, the L1 norms before and after the draw (f64, summed
+//!    per chunk, chunks in order, so the result does not depend on the thread count).
+//! 2. **merge**: each element's kept, rescaled deltas, sign election and disjoint mean, written to
+//!    the output. Elements whose magnitude falls in a boundary bin cannot be decided yet: they are
+//!    collected (key, index), the exact k-th element (|x| descending, index ascending — the order
+//!    of [`crate::sparsify::rank_range_mask`]) is selected among them, and those few elements are
+//!    recomputed by the same code.
+//!
+//! Not covered (the caller falls back to the op path): DELLA, imported masks, TALL / Consensus,
+//! magnitude selection with the L1 rescale.
+
+use super::gta::{rank_band, Args};
+use super::method::Sparsify;
+use super::recipe::Semantics;
+use crate::sparsify::{tensor_key, uniform};
+
+#[cfg(not(target_arch = "wasm32"))]
+use rayon::prelude::*;
+
+/// Elements per parallel chunk, and per block inside a chunk (block buffers stay in L1).
+const CHUNK: usize = 1 << 16;
+const BLOCK: usize = 256;
+const BINS: usize = 1 << 15;
+
+/// A rank bound of a magnitude selection: is element (key, index) among the top `b`?
+#[derive(Clone, Copy, Debug)]
+enum Th {
+    Always,
+    Never,
+    /// Not resolved yet: above when its bin (key >> 16) is above this one, undecided when equal.
+    /// `need` = rank of the bound inside the bin (1-based).
+    Bin(u32, usize),
+    /// Resolved: (key, index) of the b-th element.
+    Exact(u32, u32),
+}
+
+impl Th {
+    /// 0 = below, 1 = above, 2 = undecided.
+    #[inline(always)]
+    fn above(self, key: u32, j: u32) -> u8 {
+        match self {
+            Th::Always => 1,
+            Th::Never => 0,
+            Th::Bin(b, _) => {
+                let k = key >> 16;
+                if k > b {
+                    1
+                } else if k < b {
+                    0
+                } else {
+                    2
+                }
+            }
+            Th::Exact(k, i) => (key > k || (key == k && j <= i)) as u8,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sel {
+    /// Every entry (no sparsification, or density ≥ 1).
+    All,
+    /// Rank band `[lo, hi)` by magnitude: kept when above `hi` and not above `lo`.
+    Band { hi: Th, lo: Th },
+    /// DARE: kept when `uniform(seed, key, r·N + j) < p`.
+    Random { p: f32 },
+}
+
+/// Can [`run`] do this merge?
+pub(crate) fn supports(a: &Args<'_>) -> bool {
+    let peft = a.semantics == Semantics::Peft;
+    let l1 = a.rescale && !peft;
+    let no_masks = a.rows.iter().all(|r| r.mask.is_none());
+    let sparsify_ok = match a.gta.sparsify {
+        None => true,
+        Some(Sparsify::Random) => true,
+        Some(Sparsify::Magnitude | Sparsify::Outliers) => !l1,
+        Some(Sparsify::Della) => false,
+    };
+    no_masks && sparsify_ok && !a.tall && a.consensus_k == 0 && !a.rows.is_empty()
+}
+
+struct Ctx<'a> {
+    base: &'a [f32],
+    thetas: &'a [&'a [f32]],
+    n: usize,
+    sel: Vec<Sel>,
+    /// Per row: the masked-rescale factor (only applied when sparsifying).
+    factor: Vec<f32>,
+    sparsify: bool,
+    seed: u64,
+    key: u32,
+    w: Vec<f32>,
+    consensus: bool,
+    weighted_sign: bool,
+    count_divisor: bool,
+    normalize: bool,
+    lambda: f32,
+}
+
+/// Per-chunk results of the merge pass: undecided elements, and per (row, bound) the candidates.
+#[derive(Default)]
+struct Pending {
+    deferred: Vec<u32>,
+    /// Indexed `2·row + (0 = hi, 1 = lo)`.
+    cands: Vec<Vec<(u32, u32)>>,
+}
+
+fn par_chunks_map<T: Send>(out: &mut [f32], f: impl Fn(usize, &mut [f32]) -> T + Sync + Send) -> Vec<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return out.par_chunks_mut(CHUNK).enumerate().map(|(c, o)| f(c, o)).collect();
+    #[cfg(target_arch = "wasm32")]
+    return out.chunks_mut(CHUNK).enumerate().map(|(c, o)| f(c, o)).collect();
+}
+
+impl Ctx<'_> {
+    /// Computes `out[j0 .. j0 + len]`. With `pending`, undecided elements are recorded there (and
+    /// their output is left for the fix-up); without, every bound must be resolved.
+    #[inline(always)]
+    fn block(&self, j0: usize, out: &mut [f32], d: &mut [f32], mut pending: Option<&mut Pending>) {
+        let len = out.len();
+        let n = self.n;
+        let r_n = self.thetas.len();
+        let bs = &self.base[j0..j0 + len];
+        for r in 0..r_n {
+            let th = &self.thetas[r][j0..j0 + len];
+            let dr = &mut d[r * BLOCK..r * BLOCK + len];
+            for i in 0..len {
+                dr[i] = th[i] - bs[i];
+            }
+            if !self.sparsify {
+                continue;
+            }
+            let f = self.factor[r];
+            match self.sel[r] {
+                Sel::All => {
+                    for x in dr.iter_mut() {
+                        *x *= f;
+                    }
+                }
+                Sel::Random { p } => {
+                    let base_idx = (r * n + j0) as u64;
+                    for (i, x) in dr.iter_mut().enumerate() {
+                        let u = uniform(self.seed, self.key, base_idx + i as u64);
+                        *x = if u < p { *x * f } else { 0.0 };
+                    }
+                }
+                Sel::Band { hi, lo } => {
+                    for (i, x) in dr.iter_mut().enumerate() {
+                        let key = x.to_bits() & 0x7fff_ffff;
+                        let j = (j0 + i) as u32;
+                        let (a, b) = (hi.above(key, j), lo.above(key, j));
+                        if a == 2 || b == 2 {
+                            let p = pending.as_deref_mut().expect("bounds are resolved in the fix-up");
+                            p.deferred.push(j);
+                            if a == 2 {
+                                p.cands[2 * r].push((key, j));
+                            }
+                            if b == 2 {
+                                p.cands[2 * r + 1].push((key, j));
+                            }
+                        }
+                        *x = if a == 1 && b == 0 { *x * f } else { 0.0 };
+                    }
+                }
+            }
+        }
+        // TaskMerge, element by element in the order of `cpu::merge::task_merge`, vectorised over
+        // the block: sum of the (weighted) votes, then the agreeing weighted deltas and divisor.
+        let mut s = [0f32; BLOCK];
+        let mut mixed = [0f32; BLOCK];
+        let mut div = [0f32; BLOCK];
+        let (s, mixed, div) = (&mut s[..len], &mut mixed[..len], &mut div[..len]);
+        if self.consensus {
+            for r in 0..r_n {
+                let dr = &d[r * BLOCK..r * BLOCK + len];
+                let ws = if self.weighted_sign { self.w[r] } else { 1.0 };
+                for i in 0..len {
+                    let v = if self.weighted_sign { dr[i] * ws } else { dr[i] };
+                    s[i] += v;
+                }
+            }
+        }
+        for r in 0..r_n {
+            let dr = &d[r * BLOCK..r * BLOCK + len];
+            let w = self.w[r];
+            let dw = if self.count_divisor { 1.0 } else { w };
+            for i in 0..len {
+                let agree = if self.consensus {
+                    let v = if self.weighted_sign { dr[i] * w } else { dr[i] };
+                    // sign(v) == elected, elected = +1 when s >= 0 else -1.
+                    if s[i] >= 0.0 { v > 0.0 } else { v < 0.0 }
+                } else {
+                    true
+                };
+                mixed[i] += if agree { dr[i] * w } else { 0.0 };
+                div[i] += if agree { dw } else { 0.0 };
+            }
+        }
+        for i in 0..len {
+            let dv = div[i];
+            let dv = if !self.consensus {
+                if dv.abs() < 1e-8 { 1.0 } else { dv }
+            } else if dv == 0.0 {
+                1.0
+            } else {
+                dv
+            };
+            let m = if self.normalize { mixed[i] / dv } else { mixed[i] };
+            out[i] = bs[i] + self.lambda * m;
+        }
+    }
+}
+
+/// Merges `base [N]` and the non-base `thetas` (R slices of N) into `out [N]`.
+pub(crate) fn run(a: &Args<'_>, base: &[f32], thetas: &[&[f32]], out: &mut [f32]) {
+    let n = base.len();
+    let r_n = thetas.len();
+    debug_assert!(thetas.iter().all(|t| t.len() == n) && out.len() == n);
+    let peft = a.semantics == Semantics::Peft;
+    let l1 = a.rescale && !peft;
+    let kind = a.gta.sparsify;
+    let random = matches!(kind, Some(Sparsify::Random));
+    let mut sel = Vec::with_capacity(r_n);
+    let mut factor = Vec::with_capacity(r_n);
+    for row in &a.rows {
+        let s = match kind {
+            None => Sel::All,
+            Some(Sparsify::Random) => Sel::Random { p: if row.density >= 1.0 { 1.0 } else { row.density as f32 } },
+            Some(k) => {
+                let (lo, hi) = rank_band(k, n, row.density, row.gamma);
+                let bound = |b: usize| if b == 0 { Th::Never } else if b >= n { Th::Always } else { Th::Bin(0, b) };
+                match (bound(hi), bound(lo)) {
+                    (Th::Always, Th::Never) => Sel::All,
+                    (hi, lo) => Sel::Band { hi, lo },
+                }
+            }
+        };
+        sel.push(s);
+        factor.push(if peft && random && a.rescale && row.density < 1.0 { (1.0 / row.density) as f32 } else { 1.0 });
+    }
+    let consensus = a.gta.consensus;
+    let mut ctx = Ctx {
+        base,
+        thetas,
+        n,
+        sel,
+        factor,
+        sparsify: kind.is_some(),
+        seed: a.seed,
+        key: tensor_key(a.name),
+        w: a.rows.iter().map(|r| r.weight as f32).collect(),
+        consensus,
+        weighted_sign: !peft,
+        count_divisor: peft && consensus,
+        normalize: if peft { consensus } else { a.normalize },
+        lambda: a.lambda as f32,
+    };
+    if n == 0 {
+        return;
+    }
+    stats(&mut ctx, random && l1);
+    // Merge pass.
+    let pend: Vec<Pending> = par_chunks_map(out, |c, o| {
+        let mut p = Pending { deferred: Vec::new(), cands: vec![Vec::new(); 2 * r_n] };
+        let mut d = vec![0f32; r_n * BLOCK];
+        let j0 = c * CHUNK;
+        for (b, ob) in o.chunks_mut(BLOCK).enumerate() {
+            ctx.block(j0 + b * BLOCK, ob, &mut d, Some(&mut p));
+        }
+        p
+    });
+    if pend.iter().all(|p| p.deferred.is_empty()) {
+        return;
+    }
+    // Resolve each undecided bound among its bin's elements, then recompute the undecided elements.
+    for r in 0..r_n {
+        if let Sel::Band { hi, lo } = &mut ctx.sel[r] {
+            for (which, th) in [hi, lo].into_iter().enumerate() {
+                if let Th::Bin(_, need) = *th {
+                    let mut c: Vec<(u32, u32)> = pend.iter().flat_map(|p| p.cands[2 * r + which].iter().copied()).collect();
+                    // (key descending, index ascending): the need-th.
+                    let (_, e, _) = c.select_nth_unstable_by(need - 1, |x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+                    *th = Th::Exact(e.0, e.1);
+                }
+            }
+        }
+    }
+    let mut d = vec![0f32; r_n * BLOCK];
+    let mut one = [0f32; 1];
+    for p in &pend {
+        for &j in &p.deferred {
+            ctx.block(j as usize, &mut one, &mut d, None);
+            out[j as usize] = one[0];
+        }
+    }
+}
+
+/// Pass 1: boundary bins of the magnitude bounds, L1 factors of the DARE rows.
+fn stats(ctx: &mut Ctx<'_>, l1: bool) {
+    let (n, r_n) = (ctx.n, ctx.thetas.len());
+    let hist_rows: Vec<usize> = (0..r_n).filter(|&r| matches!(ctx.sel[r], Sel::Band { .. })).collect();
+    if hist_rows.is_empty() && !l1 {
+        return;
+    }
+    let chunks = n.div_ceil(CHUNK);
+    let h = hist_rows.len();
+    let c = &*ctx;
+    // Per chunk: (histograms of the chunk, L1 sums before / after per row). Histograms are summed
+    // across chunks (integers: any order), the f64 sums in chunk order.
+    let per_chunk = |ci: usize, hist: &mut [u32]| -> Vec<(f64, f64)> {
+        let (j0, j1) = (ci * CHUNK, ((ci + 1) * CHUNK).min(n));
+        let bs = &c.base[j0..j1];
+        for (hi, &r) in hist_rows.iter().enumerate() {
+            let th = &c.thetas[r][j0..j1];
+            let hr = &mut hist[hi * BINS..(hi + 1) * BINS];
+            for (t, b) in th.iter().zip(bs) {
+                hr[(((t - b).to_bits() & 0x7fff_ffff) >> 16) as usize] += 1;
+            }
+        }
+        let mut sums = Vec::new();
+        if l1 {
+            for r in 0..r_n {
+                let Sel::Random { p } = c.sel[r] else { unreachable!("l1 stats are for DARE rows") };
+                let th = &c.thetas[r][j0..j1];
+                let (mut before, mut after) = (0f64, 0f64);
+                let base_idx = (r * n + j0) as u64;
+                for (i, (t, b)) in th.iter().zip(bs).enumerate() {
+                    let v = (t - b).abs() as f64;
+                    before += v;
+                    if uniform(c.seed, c.key, base_idx + i as u64) < p {
+                        after += v;
+                    }
+                }
+                sums.push((before, after));
+            }
+        }
+        sums
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let (hist, sums) = {
+        let (hist, mut sums) = (0..chunks)
+            .into_par_iter()
+            .fold(
+                || (vec![0u32; h * BINS], Vec::new()),
+                |(mut hist, mut sums), ci| {
+                    let s = per_chunk(ci, &mut hist);
+                    sums.push((ci, s));
+                    (hist, sums)
+                },
+            )
+            .reduce(
+                || (vec![0u32; h * BINS], Vec::new()),
+                |(mut a, mut sa), (b, sb)| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    sa.extend(sb);
+                    (a, sa)
+                },
+            );
+        sums.sort_by_key(|(ci, _)| *ci);
+        (hist, sums)
+    };
+    #[cfg(target_arch = "wasm32")]
+    let (hist, sums) = {
+        let mut hist = vec![0u32; h * BINS];
+        let sums: Vec<(usize, Vec<(f64, f64)>)> = (0..chunks).map(|ci| (ci, per_chunk(ci, &mut hist))).collect();
+        (hist, sums)
+    };
+    if l1 {
+        for r in 0..r_n {
+            let (mut before, mut after) = (0f64, 0f64);
+            for (_, s) in &sums {
+                before += s[r].0;
+                after += s[r].1;
+            }
+            let (before, after) = (before as f32, after as f32);
+            if before >= 1e-7 && after >= 1e-7 {
+                ctx.factor[r] *= before / after;
+            }
+        }
+    }
+    for (hi, &r) in hist_rows.iter().enumerate() {
+        let hr = &hist[hi * BINS..(hi + 1) * BINS];
+        let resolve = |th: &mut Th| {
+            if let Th::Bin(_, b) = *th {
+                // The bin holding the b-th largest: counts from the top bin down.
+                let mut above = 0usize;
+                for bin in (0..BINS).rev() {
+                    let k = hr[bin] as usize;
+                    if above + k >= b {
+                        *th = Th::Bin(bin as u32, b - above);
+                        return;
+                    }
+                    above += k;
+                }
+                unreachable!("b <= n elements were counted");
+            }
+        };
+        if let Sel::Band { hi, lo } = &mut ctx.sel[r] {
+            resolve(hi);
+            resolve(lo);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gta::{self, Row};
+    use super::super::method::Method;
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                // Coarse values so that ties in magnitude are frequent.
+                let v = ((s >> 8) % 2001) as f32 / 1000.0 - 1.0;
+                if i % 97 == 0 { 0.0 } else { v }
+            })
+            .collect()
+    }
+
+    /// The fused path equals the op path (`gta::run` on the CPU) bit for bit, for every supported
+    /// method and semantics, on sizes crossing chunk and block edges.
+    #[test]
+    fn fused_equals_the_op_path_exactly() {
+        let mut compared = 0;
+        for n in [1usize, 7, 300, 70_001, 200_000] {
+            let base = data(n, 1);
+            let thetas: Vec<Vec<f32>> = (2..5).map(|s| data(n, s)).collect();
+            for m in [Method::TaskArithmetic, Method::Ties, Method::DareTies, Method::DareLinear, Method::Breadcrumbs, Method::BreadcrumbsTies] {
+                for sem in [Semantics::Mergekit, Semantics::Peft] {
+                    for (normalize, rescale) in [(true, true), (false, false), (true, false)] {
+                        let g = m.gta().unwrap();
+                        let rows: Vec<Row> = [(0.7, 0.5, 0.01), (0.3, 0.2, 0.1), (1.2, 1.0, 0.0)]
+                            .iter()
+                            .map(|&(weight, density, gamma)| Row { weight, density, gamma, epsilon: 0.1, tall_lambda: 0.6, mask: None })
+                            .collect();
+                        let args = gta::Args {
+                            name: "model.layers.0.mlp.up_proj.weight",
+                            dims: &[n],
+                            gta: g,
+                            semantics: sem,
+                            seed: 5,
+                            normalize,
+                            rescale,
+                            lambda: 0.9,
+                            rows,
+                            tall: false,
+                            consensus_k: 0,
+                        };
+                        if !supports(&args) {
+                            continue;
+                        }
+                        compared += 1;
+                        let flat: Vec<f32> = thetas.iter().flatten().copied().collect();
+                        let want = gta::run_host(&args, base.clone(), flat).unwrap().merged;
+                        let refs: Vec<&[f32]> = thetas.iter().map(|t| t.as_slice()).collect();
+                        let mut got = vec![0f32; n];
+                        run(&args, &base, &refs, &mut got);
+                        for j in 0..n {
+                            assert_eq!(got[j].to_bits(), want[j].to_bits(), "{m:?} {sem:?} n={n} norm={normalize} rescale={rescale} [{j}]: {} vs {}", got[j], want[j]);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared >= 5 * 20, "only {compared} cases compared");
+    }
+}
