@@ -303,3 +303,66 @@ fn bad_models_are_typed_errors_and_leave_nothing() {
 fn r_named(m: &str) -> Recipe {
     Recipe::parse("r.yml", &format!("merge_method: ties\nbase_model: base\nmodels:\n  - model: {m}\n    parameters: {{weight: 1, density: 0.5}}\n")).unwrap()
 }
+
+/// `--task-mask`: the merged model switched to one task equals a model built here from the
+/// definition, θ_0 + m_t ⊙ τ_MTL with m_t = |τ_t| > λ·|τ_MTL − τ_t| (not read from the masks file);
+/// a task is named by its model, folder name or index; an unknown one is a typed error.
+#[test]
+fn task_mask_switches_the_merged_model_to_one_task() {
+    use taskloom::merge::task_mask::TaskWeights;
+    use taskloom::models::hf::Shards;
+    let file = fixtures().join("task_arithmetic.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace("  lambda: 0.8\n", "  lambda: 0.8\n  tall_masks: true\n");
+    let r = Recipe::parse(&file, &text).unwrap();
+    let dir = std::env::temp_dir().join(format!("taskloom-merge-taskmask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    pollster::block_on(merge::merge_to_dir(&r, &dir, &Device::cpu(), &Options::default(), &mut |_| {})).unwrap();
+
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    let merged = SafeTensors::open(dir.join("model.safetensors")).unwrap();
+    let ft2 = SafeTensors::open(fixtures().join("ft2/model.safetensors")).unwrap();
+    let mut want = Vec::new();
+    let mut switched = 0;
+    for name in merged.names() {
+        let (b, m, t) = (base.tensor(name).unwrap(), merged.tensor(name).unwrap(), ft2.tensor(name).unwrap());
+        let (b, m, t) = (b.to_f32_vec(), m.to_f32_vec(), t.to_f32_vec());
+        let v: Vec<f32> = (0..b.len())
+            .map(|j| {
+                let (tau, mtl) = (t[j] - b[j], m[j] - b[j]);
+                let keep = tau.abs() > 0.6 * (mtl - tau).abs();
+                switched += (!keep && mtl != 0.0) as usize;
+                if keep { b[j] + mtl } else { b[j] }
+            })
+            .collect();
+        want.push((name.to_string(), taskloom::TensorData::f32(merged.info(name).unwrap().shape.as_slice(), v).unwrap()));
+    }
+    assert!(switched > 0, "the mask must drop something");
+    let refs: Vec<(&str, &taskloom::TensorData)> = want.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let built = Shards(vec![SafeTensors::from_bytes("built", taskloom::formats::safetensors::serialize(&refs, None).unwrap()).unwrap()]);
+
+    let cfg = taskloom::models::config::ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let taskloom::models::config::ModelConfig::Llama(cfg) = cfg else { panic!("not a decoder") };
+    let dev = Device::cpu();
+    let ids = [1u32, 5, 9, 2, 7];
+    let logits = |w: &dyn taskloom::models::Weights| -> Vec<f32> {
+        let model = taskloom::models::llama::Llama::load(&dev, cfg.clone(), w).unwrap();
+        let mut cache = model.new_cache();
+        pollster::block_on(dev.download(&model.forward(&dev, &ids, &mut cache, true).unwrap())).unwrap().as_f32().unwrap().to_vec()
+    };
+    let expected = logits(&built);
+    for name in ["ft2", "1"] {
+        let tw = TaskWeights::open(&dir, name, None).unwrap();
+        let got = logits(&tw);
+        if let Some((i, g, w)) = first_violation(&got, &expected, 1e-6, 0.0) {
+            panic!("task {name}: logit {i}: got {g}, built from the definition {w}");
+        }
+    }
+    let plain = logits(&taskloom::models::hf::DirFiles(dir.clone()).weights().unwrap());
+    assert!(first_violation(&plain, &expected, 1e-4, 0.0).is_some(), "the task model must differ from the merged one");
+    match TaskWeights::open(&dir, "ft9", None) {
+        Err(e @ Error::Task { .. }) => assert!(e.to_string().contains("ft9") && e.to_string().contains("ft2"), "{e}"),
+        Err(e) => panic!("wrong error {e:?}"),
+        Ok(_) => panic!("an unknown task was accepted"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

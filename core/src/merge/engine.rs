@@ -127,6 +127,7 @@ fn entry(r: &Recipe, models: &[Model], job: &Job) -> Result<(Entry, bool)> {
 pub async fn run(
     recipe: &Recipe,
     models: &[Model],
+    paths: &[Option<String>],
     read_file: &ReadFile<'_>,
     dev: &Device,
     opts: &Options,
@@ -147,6 +148,7 @@ pub async fn run(
     let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
     let mut summary = Summary { tensors: 0, bytes_written: 0, bytes_read: 0, files: Vec::new(), tall_masks: 0 };
     let mut tall: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    let mut tasks: Vec<super::task_mask::TaskRef> = Vec::new();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     // The output buffer, reused from tensor to tensor (no fresh pages to fault in each time).
@@ -160,6 +162,10 @@ pub async fn run(
             let bytes = if floats[i] {
                 let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read, &mut pool).await?;
                 for (k, m) in masks {
+                    let model = &models[job.inputs[k].0].name;
+                    if !tasks.iter().any(|t: &super::task_mask::TaskRef| t.index == k) {
+                        tasks.push(super::task_mask::TaskRef { index: k, model: model.clone() });
+                    }
                     tall.push((format!("{}:{k}", job.name), packbits(&m), m.len()));
                 }
                 let dt = DType::ALL.into_iter().find(|d| d.safetensors_name() == e.dtype).unwrap_or(DType::F32);
@@ -199,6 +205,14 @@ pub async fn run(
         m.insert("format".to_string(), "taskloom-tall-masks".to_string());
         m.insert("bit_order".to_string(), "numpy packbits, MSB first, per tensor".to_string());
         m.insert("numel".to_string(), serde_json::to_string(&tall.iter().map(|(n, _, l)| (n.clone(), *l)).collect::<BTreeMap<_, _>>()).expect("json"));
+        tasks.sort_by_key(|t| t.index);
+        m.insert("tasks".to_string(), serde_json::to_string(&tasks).expect("json"));
+        if let Some(b) = recipe.base_model {
+            m.insert("base_model".to_string(), recipe.models[b].clone());
+            if let Some(Some(p)) = paths.get(b) {
+                m.insert("base_model_path".to_string(), p.clone());
+            }
+        }
         sink.begin("tall_masks.safetensors")?;
         sink.write(&output::header(&tall_entries, Some(&m)))?;
         for (_, b, _) in &tall {

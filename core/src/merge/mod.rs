@@ -52,6 +52,7 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 pub mod setting;
+pub mod task_mask;
 
 pub use engine::{packbits, Options};
 pub use method::Method;
@@ -115,7 +116,20 @@ pub async fn merge(
         models.push(Model { name: name.clone(), shards, config });
     }
     let read = |m: usize, rel: &str| files[m].read(rel);
-    engine::run(recipe, &models, &read, dev, opts, sink, on_progress).await
+    // Where each model was read from (a folder natively), for the TALL masks' metadata.
+    let paths: Vec<Option<String>> = files.iter().map(|f| location(&f.name())).collect();
+    engine::run(recipe, &models, &paths, &read, dev, opts, sink, on_progress).await
+}
+
+fn location(name: &str) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(p) = std::fs::canonicalize(name) {
+        if p.is_dir() {
+            return Some(p.display().to_string());
+        }
+    }
+    let _ = name;
+    None
 }
 
 /// Native: the recipe's model folders, each path taken relative to the working directory, else to
