@@ -366,3 +366,25 @@ fn task_mask_switches_the_merged_model_to_one_task() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The summary's peak tensor memory stays near one tensor × inputs: at least the inputs of the
+/// largest tensor, at most a small factor above (fused CPU path: inputs mapped + the output; the
+/// op path of DELLA also holds its decoded inputs and [R, N] intermediates), and below the inputs'
+/// whole checkpoints.
+#[test]
+fn peak_memory_stays_near_one_tensor_times_inputs() {
+    for (case, factor) in [("ties", 1.5), ("dare_ties", 1.5), ("task_arithmetic", 1.5), ("della", 5.0), ("linear", 2.5)] {
+        let r = recipe(case);
+        let files = merge::model_dirs(&r).unwrap();
+        let mut sink = MemSink::default();
+        let s = pollster::block_on(merge::merge(&r, &files, &Device::cpu(), &Options::default(), &mut sink, &mut |_| {})).unwrap();
+        let inputs = r.models.len() as f64;
+        let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+        let largest = base.tensors().iter().map(|t| t.shape.iter().product::<usize>() * 4).max().unwrap() as f64;
+        let whole = base.total_bytes() as f64 * inputs;
+        let peak = s.peak_bytes as f64;
+        assert!(peak >= largest * inputs, "{case}: peak {peak} below the largest tensor's inputs {}", largest * inputs);
+        assert!(peak <= largest * inputs * factor, "{case}: peak {peak} above {factor} × largest tensor {largest} × {inputs} inputs");
+        assert!(peak < whole, "{case}: peak {peak} not below the whole checkpoints {whole}");
+    }
+}

@@ -146,7 +146,7 @@ pub async fn run(
     let seed = opts.random_seed.or(recipe.ext.random_seed).unwrap_or(0);
     let through = recipe.dtype.as_deref().and_then(parse_dtype);
     let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
-    let mut summary = Summary { tensors: 0, bytes_written: 0, bytes_read: 0, files: Vec::new(), tall_masks: 0 };
+    let mut summary = Summary::default();
     let mut tall: Vec<(String, Vec<u8>, usize)> = Vec::new();
     let mut tasks: Vec<super::task_mask::TaskRef> = Vec::new();
     let mut meta = BTreeMap::new();
@@ -159,8 +159,13 @@ pub async fn run(
         summary.files.push(file.clone());
         for i in range.clone() {
             let (job, e) = (&plan.jobs[i], &entries[i]);
+            let t0 = Clock::now();
             let bytes = if floats[i] {
-                let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read, &mut pool).await?;
+                let (v, masks, held) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read, &mut pool).await?;
+                let encoded = if e.dtype == "F32" { 0 } else { e.bytes };
+                summary.peak_bytes = summary.peak_bytes.max(held + encoded + masks.iter().map(|(_, m)| m.len() as u64).sum::<u64>());
+                summary.compute_seconds += t0.secs();
+                let t0 = Clock::now();
                 for (k, m) in masks {
                     let model = &models[job.inputs[k].0].name;
                     if !tasks.iter().any(|t: &super::task_mask::TaskRef| t.index == k) {
@@ -172,6 +177,7 @@ pub async fn run(
                 if dt == DType::F32 {
                     // Written straight from the f32 buffer: no byte copy.
                     sink.write(bytemuck::cast_slice(&v))?;
+                    summary.write_seconds += t0.secs();
                     pool = v;
                     summary.tensors += 1;
                     summary.bytes_written += e.bytes;
@@ -187,9 +193,12 @@ pub async fn run(
                 summary.bytes_read += e.bytes;
                 let b = st.bytes(name)?.to_vec();
                 st.release(name);
+                summary.peak_bytes = summary.peak_bytes.max(2 * e.bytes);
                 b
             };
+            let t0 = Clock::now();
             sink.write(&bytes)?;
+            summary.write_seconds += t0.secs();
             summary.tensors += 1;
             summary.bytes_written += bytes.len() as u64;
             on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
@@ -281,7 +290,11 @@ async fn compute(
     through: Option<DType>,
     read: &mut u64,
     pool: &mut Vec<f32>,
-) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>)> {
+) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>, u64)> {
+    let numel: usize = dims.iter().product();
+    // Tensor bytes held at once: mapped inputs, decoded copies, output, intermediates.
+    let mapped: u64 = job.inputs.iter().map(|(m, name)| models[*m].info(name).map(|(_, i)| i.bytes).unwrap_or(0)).sum();
+    let f32s = |k: usize| (k * numel * 4) as u64;
     let load = |k: usize, out: &mut Vec<f32>, read: &mut u64| -> Result<()> {
         let (m, name) = &job.inputs[k];
         let (st, info) = models[*m].info(name).expect("checked in entry()");
@@ -328,10 +341,9 @@ async fn compute(
         m => {
             let g = m.gta().expect("the other methods are task arithmetic");
             let b = job.base.expect("checked: task arithmetic has a base");
-            let numel: usize = dims.iter().product();
             let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
             if others.is_empty() {
-                return Ok((one(b, read)?, Vec::new()));
+                return Ok((one(b, read)?, Vec::new(), mapped + f32s(1)));
             }
             let mut rows = Vec::new();
             for &k in &others {
@@ -388,6 +400,8 @@ async fn compute(
                 } else {
                     out.truncate(numel);
                 }
+                let decoded: usize = views.iter().filter(|v| matches!(v, std::borrow::Cow::Owned(_))).count();
+                let held = mapped + f32s(decoded + 1);
                 let thetas: Vec<&[f32]> = views[1..].iter().map(|v| v.as_ref()).collect();
                 super::fused::run(&args, &views[0], &thetas, &mut out);
                 drop(views);
@@ -395,7 +409,7 @@ async fn compute(
                     let (st, _) = models[*m].info(name).expect("checked in entry()");
                     st.release(name);
                 }
-                return Ok((out, Vec::new()));
+                return Ok((out, Vec::new(), held));
             }
             let base = one(b, read)?;
             let mut thetas = Vec::with_capacity(base.len() * others.len());
@@ -404,8 +418,29 @@ async fn compute(
             }
             let o = gta::run(dev, &args, base, thetas).await?;
             let masks = if args.tall { others.iter().copied().zip(o.tall_masks).collect() } else { Vec::new() };
-            return Ok((o.merged, masks));
+            // Inputs decoded, then per task vector: raw, mask (u32), rescaled deltas; the output.
+            let r_n = others.len();
+            return Ok((o.merged, masks, mapped + f32s(1 + r_n) + f32s(3 * r_n) + f32s(1)));
         }
     };
-    Ok((out, Vec::new()))
+    // Every input decoded at once (linear, model_stock) or fewer, and the output.
+    Ok((out, Vec::new(), mapped + f32s(job.inputs.len() + 1)))
+}
+
+/// Wall time natively (`std::time::Instant` does not exist in wasm32-unknown-unknown).
+struct Clock(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+impl Clock {
+    fn now() -> Clock {
+        Clock(
+            #[cfg(not(target_arch = "wasm32"))]
+            std::time::Instant::now(),
+        )
+    }
+    fn secs(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.0.elapsed().as_secs_f64();
+        #[cfg(target_arch = "wasm32")]
+        0.0
+    }
 }

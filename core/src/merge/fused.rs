@@ -22,7 +22,7 @@
 use super::gta::{rank_band, Args};
 use super::method::Sparsify;
 use super::recipe::Semantics;
-use crate::sparsify::{tensor_key, uniform};
+use crate::sparsify::{mix32, tensor_key, uniform};
 
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
@@ -62,6 +62,18 @@ impl Th {
                 }
             }
             Th::Exact(k, i) => (key > k || (key == k && j <= i)) as u8,
+        }
+    }
+
+    /// For an unresolved bound, `(gt, lt)`: certainly above when `key > gt`, certainly below when
+    /// `key < lt`, undecided in between.
+    #[inline(always)]
+    fn range(self) -> (i64, i64) {
+        match self {
+            Th::Always => (-1, -1),
+            Th::Never => (i64::MAX, i64::MAX),
+            Th::Bin(b, _) => (((b as i64) << 16) | 0xffff, (b as i64) << 16),
+            Th::Exact(..) => unreachable!("resolved bounds are only used in the fix-up"),
         }
     }
 }
@@ -127,11 +139,12 @@ impl Ctx<'_> {
     /// Computes `out[j0 .. j0 + len]`. With `pending`, undecided elements are recorded there (and
     /// their output is left for the fix-up); without, every bound must be resolved.
     #[inline(always)]
-    fn block(&self, j0: usize, out: &mut [f32], d: &mut [f32], mut pending: Option<&mut Pending>) {
+    fn block(&self, j0: usize, out: &mut [f32], d: &mut [f32], pending: Option<&mut Pending>) {
         let len = out.len();
         let n = self.n;
         let r_n = self.thetas.len();
         let bs = &self.base[j0..j0 + len];
+        let mut pending = pending;
         for r in 0..r_n {
             let th = &self.thetas[r][j0..j0 + len];
             let dr = &mut d[r * BLOCK..r * BLOCK + len];
@@ -149,30 +162,57 @@ impl Ctx<'_> {
                     }
                 }
                 Sel::Random { p } => {
+                    // `uniform(seed, key, idx)` with the (seed, key) part of the hash hoisted.
+                    let (slo, shi) = (self.seed as u32, (self.seed >> 32) as u32);
+                    let h0 = mix32(mix32(slo ^ 0x9e37_79b9) ^ shi ^ self.key);
                     let base_idx = (r * n + j0) as u64;
                     for (i, x) in dr.iter_mut().enumerate() {
-                        let u = uniform(self.seed, self.key, base_idx + i as u64);
+                        let idx = base_idx + i as u64;
+                        let h = mix32(mix32(h0 ^ idx as u32) ^ (idx >> 32) as u32);
+                        let u = (h >> 8) as f32 * (1.0 / 16_777_216.0);
                         *x = if u < p { *x * f } else { 0.0 };
                     }
                 }
-                Sel::Band { hi, lo } => {
-                    for (i, x) in dr.iter_mut().enumerate() {
-                        let key = x.to_bits() & 0x7fff_ffff;
-                        let j = (j0 + i) as u32;
-                        let (a, b) = (hi.above(key, j), lo.above(key, j));
-                        if a == 2 || b == 2 {
-                            let p = pending.as_deref_mut().expect("bounds are resolved in the fix-up");
-                            p.deferred.push(j);
-                            if a == 2 {
-                                p.cands[2 * r].push((key, j));
-                            }
-                            if b == 2 {
-                                p.cands[2 * r + 1].push((key, j));
+                Sel::Band { hi, lo } => match pending.as_deref_mut() {
+                    Some(p) => {
+                        // Bounds are bins here: decided when the key is outside the bin.
+                        let (hgt, hlt) = hi.range();
+                        let (lgt, llt) = lo.range();
+                        let mut undecided = false;
+                        for x in dr.iter_mut() {
+                            let key = (x.to_bits() & 0x7fff_ffff) as i64;
+                            let (ha, hu) = (key > hgt, key >= hlt && key <= hgt);
+                            let (la, lu) = (key > lgt, key >= llt && key <= lgt);
+                            undecided |= hu | lu;
+                            *x = if ha && !la && !lu { *x * f } else { 0.0 };
+                        }
+                        if undecided {
+                            for (i, x) in th.iter().zip(bs).map(|(t, b)| t - b).enumerate() {
+                                let key = x.to_bits() & 0x7fff_ffff;
+                                let j = (j0 + i) as u32;
+                                let (hu, lu) = (hi.above(key, j) == 2, lo.above(key, j) == 2);
+                                if hu || lu {
+                                    p.deferred.push(j);
+                                }
+                                if hu {
+                                    p.cands[2 * r].push((key, j));
+                                }
+                                if lu {
+                                    p.cands[2 * r + 1].push((key, j));
+                                }
                             }
                         }
-                        *x = if a == 1 && b == 0 { *x * f } else { 0.0 };
                     }
-                }
+                    None => {
+                        for (i, x) in dr.iter_mut().enumerate() {
+                            let key = x.to_bits() & 0x7fff_ffff;
+                            let j = (j0 + i) as u32;
+                            let (a, b) = (hi.above(key, j), lo.above(key, j));
+                            debug_assert!(a != 2 && b != 2, "bounds are resolved in the fix-up");
+                            *x = if a == 1 && b == 0 { *x * f } else { 0.0 };
+                        }
+                    }
+                },
             }
         }
         // TaskMerge, element by element in the order of `cpu::merge::task_merge`, vectorised over
@@ -184,40 +224,54 @@ impl Ctx<'_> {
         if self.consensus {
             for r in 0..r_n {
                 let dr = &d[r * BLOCK..r * BLOCK + len];
+                // x · 1 = x: the unweighted vote is the same expression.
                 let ws = if self.weighted_sign { self.w[r] } else { 1.0 };
                 for i in 0..len {
-                    let v = if self.weighted_sign { dr[i] * ws } else { dr[i] };
-                    s[i] += v;
+                    s[i] += dr[i] * ws;
+                }
+            }
+            for r in 0..r_n {
+                let dr = &d[r * BLOCK..r * BLOCK + len];
+                let w = self.w[r];
+                let ws = if self.weighted_sign { w } else { 1.0 };
+                let dw = if self.count_divisor { 1.0 } else { w };
+                for i in 0..len {
+                    let v = dr[i] * ws;
+                    // sign(v) == elected, elected = +1 when s >= 0 else -1.
+                    let pos = s[i] >= 0.0;
+                    let agree = (pos & (v > 0.0)) | (!pos & (v < 0.0));
+                    mixed[i] += if agree { dr[i] * w } else { 0.0 };
+                    div[i] += if agree { dw } else { 0.0 };
+                }
+            }
+        } else {
+            for r in 0..r_n {
+                let dr = &d[r * BLOCK..r * BLOCK + len];
+                let w = self.w[r];
+                let dw = if self.count_divisor { 1.0 } else { w };
+                for i in 0..len {
+                    mixed[i] += dr[i] * w;
+                    div[i] += dw;
                 }
             }
         }
-        for r in 0..r_n {
-            let dr = &d[r * BLOCK..r * BLOCK + len];
-            let w = self.w[r];
-            let dw = if self.count_divisor { 1.0 } else { w };
+        let lambda = self.lambda;
+        if self.normalize {
             for i in 0..len {
-                let agree = if self.consensus {
-                    let v = if self.weighted_sign { dr[i] * w } else { dr[i] };
-                    // sign(v) == elected, elected = +1 when s >= 0 else -1.
-                    if s[i] >= 0.0 { v > 0.0 } else { v < 0.0 }
+                let dv = div[i];
+                let dv = if !self.consensus {
+                    if dv.abs() < 1e-8 { 1.0 } else { dv }
+                } else if dv == 0.0 {
+                    1.0
                 } else {
-                    true
+                    dv
                 };
-                mixed[i] += if agree { dr[i] * w } else { 0.0 };
-                div[i] += if agree { dw } else { 0.0 };
+                out[i] = bs[i] + lambda * (mixed[i] / dv);
             }
-        }
-        for i in 0..len {
-            let dv = div[i];
-            let dv = if !self.consensus {
-                if dv.abs() < 1e-8 { 1.0 } else { dv }
-            } else if dv == 0.0 {
-                1.0
-            } else {
-                dv
-            };
-            let m = if self.normalize { mixed[i] / dv } else { mixed[i] };
-            out[i] = bs[i] + self.lambda * m;
+        } else {
+            for i in 0..len {
+                out[i] = bs[i] + lambda * mixed[i];
+            }
         }
     }
 }

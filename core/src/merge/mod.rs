@@ -88,6 +88,13 @@ pub struct Summary {
     pub files: Vec<String>,
     /// TALL masks written (tensor × task).
     pub tall_masks: usize,
+    /// Peak tensor memory the merge held at once (bytes): the input tensors of one output tensor
+    /// (mapped or decoded), its output and the intermediates of its method, as the engine
+    /// allocates them. Files' other bytes are never held.
+    pub peak_bytes: u64,
+    /// Natively: seconds spent computing (reading the mapped inputs included) and writing.
+    pub compute_seconds: f64,
+    pub write_seconds: f64,
 }
 
 /// Opens the recipe's models through `files` (one [`Files`] per model reference, in
