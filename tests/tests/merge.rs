@@ -388,3 +388,25 @@ fn peak_memory_stays_near_one_tensor_times_inputs() {
         assert!(peak < whole, "{case}: peak {peak} not below the whole checkpoints {whole}");
     }
 }
+
+/// PCB (taskloom extension) equals the committed numpy reference (`pcb_merge` in
+/// make_merge_goldens.py, written from seed-methods §1.6) within 1e-5; a ratio outside (0, 1] is a
+/// typed error naming the tensor.
+#[test]
+fn pcb_equals_the_reference() {
+    let got = tensors(&run(&recipe("pcb"), &Device::cpu(), &Options::default()).unwrap());
+    let st = SafeTensors::open(fixtures().join("expected/pcb.safetensors")).unwrap();
+    assert_eq!(got.len(), st.names().len());
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    for name in st.names() {
+        let want = st.tensor(name).unwrap().to_f32_vec();
+        if let Some((i, g, w)) = first_violation(&got[name], &want, 1e-5, 1e-5) {
+            panic!("pcb: {name}[{i}]: got {g}, reference {w}");
+        }
+        assert_ne!(want, base.tensor(name).unwrap().to_f32_vec(), "{name}: the merge must move the base");
+    }
+    let file = fixtures().join("pcb.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace("pcb_ratio: 0.2", "pcb_ratio: 1.5");
+    let e = run(&Recipe::parse(&file, &text).unwrap(), &Device::cpu(), &Options::default()).unwrap_err();
+    assert!(matches!(e, Error::Merge { .. }) && e.to_string().contains("pcb_ratio"), "{e}");
+}

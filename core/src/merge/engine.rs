@@ -330,6 +330,27 @@ async fn compute(
             let (a, o) = (one(b, read)?, one(1 - b, read)?);
             super::interp::slerp(num(&job.shared, "t", 0.5) as f32, &a, &o)
         }
+        Method::Pcb => {
+            let b = job.base.expect("checked: pcb has a base");
+            let base = one(b, read)?;
+            let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
+            let thetas = others.iter().map(|&k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&[f32]> = thetas.iter().map(|v| v.as_slice()).collect();
+            let ws: Vec<f64> = others.iter().map(|&k| num(&job.per_input[k], "weight", 1.0)).collect();
+            let ratio = num(&job.shared, "pcb_ratio", 0.1);
+            let clip = num(&job.shared, "pcb_clip", 0.0001);
+            let merr = |reason: String| Error::Merge { tensor: job.name.clone(), reason };
+            if !(ratio > 0.0 && ratio <= 1.0) {
+                return Err(merr(format!("pcb_ratio {ratio} outside (0, 1]")));
+            }
+            if !(0.0..0.5).contains(&clip) {
+                return Err(merr(format!("pcb_clip {clip} outside [0, 0.5)")));
+            }
+            let out = super::pcb::pcb(&base, &refs, &ws, ratio, clip, num(&job.shared, "lambda", 1.0));
+            // Base, T inputs and per task: |τ|, clipped, β (f64), plus the f64 sums.
+            let held = mapped + f32s(1 + others.len()) + 2 * f32s(3 * others.len() + 3);
+            return Ok((out, Vec::new(), held));
+        }
         Method::ModelStock => {
             let b = job.base.expect("checked: model_stock has a base");
             let w0 = one(b, read)?;

@@ -48,6 +48,7 @@ pub mod interp;
 pub mod masks;
 pub mod method;
 pub(crate) mod ops;
+pub mod pcb;
 pub mod output;
 pub mod plan;
 pub mod recipe;
