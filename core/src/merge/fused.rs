@@ -65,14 +65,14 @@ impl Th {
         }
     }
 
-    /// For an unresolved bound, `(gt, lt)`: certainly above when `key > gt`, certainly below when
-    /// `key < lt`, undecided in between.
+    /// For an unresolved bound, the bin as an i32: above when a key's bin is greater, undecided
+    /// when equal (-1: always above; 0x8000, above every bin: never).
     #[inline(always)]
-    fn range(self) -> (i64, i64) {
+    fn bin(self) -> i32 {
         match self {
-            Th::Always => (-1, -1),
-            Th::Never => (i64::MAX, i64::MAX),
-            Th::Bin(b, _) => (((b as i64) << 16) | 0xffff, (b as i64) << 16),
+            Th::Always => -1,
+            Th::Never => 0x8000,
+            Th::Bin(b, _) => b as i32,
             Th::Exact(..) => unreachable!("resolved bounds are only used in the fix-up"),
         }
     }
@@ -148,8 +148,8 @@ impl Ctx<'_> {
         for r in 0..r_n {
             let th = &self.thetas[r][j0..j0 + len];
             let dr = &mut d[r * BLOCK..r * BLOCK + len];
-            for i in 0..len {
-                dr[i] = th[i] - bs[i];
+            for ((x, &t), &b) in dr.iter_mut().zip(th).zip(bs) {
+                *x = t - b;
             }
             if !self.sparsify {
                 continue;
@@ -175,16 +175,15 @@ impl Ctx<'_> {
                 }
                 Sel::Band { hi, lo } => match pending.as_deref_mut() {
                     Some(p) => {
-                        // Bounds are bins here: decided when the key is outside the bin.
-                        let (hgt, hlt) = hi.range();
-                        let (lgt, llt) = lo.range();
+                        // Bounds are bins here: decided when the key's bin differs (i32 lanes).
+                        let (hb, lb) = (hi.bin(), lo.bin());
                         let mut undecided = false;
                         for x in dr.iter_mut() {
-                            let key = (x.to_bits() & 0x7fff_ffff) as i64;
-                            let (ha, hu) = (key > hgt, key >= hlt && key <= hgt);
-                            let (la, lu) = (key > lgt, key >= llt && key <= lgt);
+                            let kb = ((x.to_bits() & 0x7fff_ffff) >> 16) as i32;
+                            let (ha, hu) = (kb > hb, kb == hb);
+                            let (la, lu) = (kb > lb, kb == lb);
                             undecided |= hu | lu;
-                            *x = if ha && !la && !lu { *x * f } else { 0.0 };
+                            *x = if ha & !la & !lu { *x * f } else { 0.0 };
                         }
                         if undecided {
                             for (i, x) in th.iter().zip(bs).map(|(t, b)| t - b).enumerate() {
@@ -226,8 +225,8 @@ impl Ctx<'_> {
                 let dr = &d[r * BLOCK..r * BLOCK + len];
                 // x · 1 = x: the unweighted vote is the same expression.
                 let ws = if self.weighted_sign { self.w[r] } else { 1.0 };
-                for i in 0..len {
-                    s[i] += dr[i] * ws;
+                for (si, &x) in s.iter_mut().zip(dr) {
+                    *si += x * ws;
                 }
             }
             for r in 0..r_n {
@@ -235,13 +234,12 @@ impl Ctx<'_> {
                 let w = self.w[r];
                 let ws = if self.weighted_sign { w } else { 1.0 };
                 let dw = if self.count_divisor { 1.0 } else { w };
-                for i in 0..len {
-                    let v = dr[i] * ws;
+                for ((m, dv), (&x, &si)) in mixed.iter_mut().zip(div.iter_mut()).zip(dr.iter().zip(s.iter())) {
+                    let v = x * ws;
                     // sign(v) == elected, elected = +1 when s >= 0 else -1.
-                    let pos = s[i] >= 0.0;
-                    let agree = (pos & (v > 0.0)) | (!pos & (v < 0.0));
-                    mixed[i] += if agree { dr[i] * w } else { 0.0 };
-                    div[i] += if agree { dw } else { 0.0 };
+                    let agree = ((si >= 0.0) & (v > 0.0)) | ((si < 0.0) & (v < 0.0));
+                    *m += if agree { x * w } else { 0.0 };
+                    *dv += if agree { dw } else { 0.0 };
                 }
             }
         } else {
@@ -249,28 +247,28 @@ impl Ctx<'_> {
                 let dr = &d[r * BLOCK..r * BLOCK + len];
                 let w = self.w[r];
                 let dw = if self.count_divisor { 1.0 } else { w };
-                for i in 0..len {
-                    mixed[i] += dr[i] * w;
-                    div[i] += dw;
+                for ((m, dv), &x) in mixed.iter_mut().zip(div.iter_mut()).zip(dr) {
+                    *m += x * w;
+                    *dv += dw;
                 }
             }
         }
         let lambda = self.lambda;
+        let consensus = self.consensus;
         if self.normalize {
-            for i in 0..len {
-                let dv = div[i];
-                let dv = if !self.consensus {
+            for ((o, &b), (&m, &dv)) in out.iter_mut().zip(bs).zip(mixed.iter().zip(div.iter())) {
+                let dv = if !consensus {
                     if dv.abs() < 1e-8 { 1.0 } else { dv }
                 } else if dv == 0.0 {
                     1.0
                 } else {
                     dv
                 };
-                out[i] = bs[i] + lambda * (mixed[i] / dv);
+                *o = b + lambda * (m / dv);
             }
         } else {
-            for i in 0..len {
-                out[i] = bs[i] + lambda * mixed[i];
+            for ((o, &b), &m) in out.iter_mut().zip(bs).zip(mixed.iter()) {
+                *o = b + lambda * m;
             }
         }
     }

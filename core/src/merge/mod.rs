@@ -9,7 +9,9 @@
 //! `breadcrumbs`, `breadcrumbs_ties`, `della`, `della_linear`, `slerp`, `model_stock`, and
 //! `passthrough` (with `slices` to stack layers). The task-arithmetic family runs as ops of the op
 //! table ([`crate::Op::MagnitudeMask`], `RandomMask`, `DellaMask`, `MaskedRescale`, `TaskMerge`) on the
-//! chosen device; the others are cheap and memory-bound and run on the host.
+//! GPU; on the CPU the same arithmetic runs fused (`fused.rs`: a histogram pass for magnitude
+//! selection, then one merge pass straight from the mapped inputs, bit-identical to the ops; DELLA,
+//! imported masks and TALL use the ops). The others are cheap and memory-bound and run on the host.
 //!
 //! Where taskloom differs from mergekit, on purpose:
 //! - **Ties in magnitude selection** go to the lower flat index (mergekit's `argsort` leaves them open).
@@ -37,6 +39,14 @@
 //!   merged task vector; `tall_lambda` per model, default 0.6), written bit-packed (numpy `packbits`,
 //!   MSB first, per tensor, key `NAME:K`) to `tall_masks.safetensors` next to the model.
 //! - `consensus_k: k` (Consensus merging): elements where fewer than `k` TALL masks agree keep the base.
+//!
+//! - `merge_method: pcb` (PCB merging, seed-methods §1.6; [`pcb`]): per tensor, `weight` per model,
+//!   `lambda`, `pcb_ratio` (r, default 0.1), `pcb_clip` (default 0.0001); host-only, f64.
+//! - `taskloom run --task-mask NAME` ([`task_mask`]): the merged model switched to one task's TALL
+//!   mask as it loads; the masks file records the tasks (the recipe's model names) and the base.
+//!
+//! The summary reports the peak tensor memory the engine held (inputs of one tensor, mapped or
+//! decoded, its output and the method's intermediates) and, natively, compute / write seconds.
 //!
 //! Not implemented: `modules`, `tokenizer` / `tokenizer_source: union`, LoRA model references,
 //! `residual_weight`, mergekit's other methods (nuslerp, karcher, sce, ...): each is a recipe error.
