@@ -22,7 +22,7 @@
 use super::gta::{rank_band, Args};
 use super::method::Sparsify;
 use super::recipe::Semantics;
-use crate::sparsify::{mix32, tensor_key, uniform};
+use crate::sparsify::{mix32, tensor_key};
 
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
@@ -136,6 +136,13 @@ fn par_chunks_map<T: Send>(out: &mut [f32], f: impl Fn(usize, &mut [f32]) -> T +
 }
 
 impl Ctx<'_> {
+    /// The (seed, key) part of [`crate::sparsify::hash`], hoisted.
+    #[inline(always)]
+    fn h0(&self) -> u32 {
+        let (slo, shi) = (self.seed as u32, (self.seed >> 32) as u32);
+        mix32(mix32(slo ^ 0x9e37_79b9) ^ shi ^ self.key)
+    }
+
     /// Computes `out[j0 .. j0 + len]`. With `pending`, undecided elements are recorded there (and
     /// their output is left for the fix-up); without, every bound must be resolved.
     #[inline(always)]
@@ -162,16 +169,8 @@ impl Ctx<'_> {
                     }
                 }
                 Sel::Random { p } => {
-                    // `uniform(seed, key, idx)` with the (seed, key) part of the hash hoisted.
-                    let (slo, shi) = (self.seed as u32, (self.seed >> 32) as u32);
-                    let h0 = mix32(mix32(slo ^ 0x9e37_79b9) ^ shi ^ self.key);
-                    let base_idx = (r * n + j0) as u64;
-                    for (i, x) in dr.iter_mut().enumerate() {
-                        let idx = base_idx + i as u64;
-                        let h = mix32(mix32(h0 ^ idx as u32) ^ (idx >> 32) as u32);
-                        let u = (h >> 8) as f32 * (1.0 / 16_777_216.0);
-                        *x = if u < p { *x * f } else { 0.0 };
-                    }
+                    let idx = (r * n + j0) as u64;
+                    draws(self.h0(), idx, p, dr, |x, keep| if keep { x * f } else { 0.0 });
                 }
                 Sel::Band { hi, lo } => match pending.as_deref_mut() {
                     Some(p) => {
@@ -272,6 +271,51 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// `x[i] = g(x[i], keep)` with `keep = uniform(seed, key, idx + i) < p` (the DARE draw), in u32
+/// lanes (AVX2 when the CPU has it: the hash's 32-bit multiplies need it to vectorise).
+#[inline(always)]
+fn draws(h0: u32, idx: u64, p: f32, x: &mut [f32], g: impl Fn(f32, bool) -> f32 + Copy) {
+    let lo = idx as u32;
+    if (lo as u64) + (x.len() as u64) > (1u64 << 32) {
+        // The low word wraps inside this block: element by element, as `uniform` does.
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = g(*v, uniform_h0(h0, idx + i as u64) < p);
+        }
+        return;
+    }
+    let hi = (idx >> 32) as u32;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { draws_avx2(h0, lo, hi, p, x, g) };
+        return;
+    }
+    draws_lanes(h0, lo, hi, p, x, g);
+}
+
+/// [`crate::sparsify::uniform`] with its (seed, key) part `h0` precomputed.
+#[inline(always)]
+fn uniform_h0(h0: u32, idx: u64) -> f32 {
+    let h = mix32(mix32(h0 ^ idx as u32) ^ (idx >> 32) as u32);
+    (h >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+#[inline(always)]
+fn draws_lanes(h0: u32, lo: u32, hi: u32, p: f32, x: &mut [f32], g: impl Fn(f32, bool) -> f32 + Copy) {
+    for (i, v) in x.iter_mut().enumerate() {
+        let h = mix32(mix32(h0 ^ lo.wrapping_add(i as u32)) ^ hi);
+        // h >> 8 < 2^24: the signed conversion is exact and vectorises.
+        let u = ((h >> 8) as i32) as f32 * (1.0 / 16_777_216.0);
+        *v = g(*v, u < p);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn draws_avx2(h0: u32, lo: u32, hi: u32, p: f32, x: &mut [f32], g: impl Fn(f32, bool) -> f32 + Copy) {
+    draws_lanes(h0, lo, hi, p, x, g)
 }
 
 /// Merges `base [N]` and the non-base `thetas` (R slices of N) into `out [N]`.
@@ -386,12 +430,17 @@ fn stats(ctx: &mut Ctx<'_>, l1: bool) {
                 let Sel::Random { p } = c.sel[r] else { unreachable!("l1 stats are for DARE rows") };
                 let th = &c.thetas[r][j0..j1];
                 let (mut before, mut after) = (0f64, 0f64);
-                let base_idx = (r * n + j0) as u64;
-                for (i, (t, b)) in th.iter().zip(bs).enumerate() {
-                    let v = (t - b).abs() as f64;
-                    before += v;
-                    if uniform(c.seed, c.key, base_idx + i as u64) < p {
-                        after += v;
+                let mut kept = [0f32; BLOCK];
+                for (bi, (tb, bb)) in th.chunks(BLOCK).zip(bs.chunks(BLOCK)).enumerate() {
+                    let k = &mut kept[..tb.len()];
+                    draws(c.h0(), (r * n + j0 + bi * BLOCK) as u64, p, k, |_, keep| if keep { 1.0 } else { 0.0 });
+                    // In element order, as the op sums them.
+                    for ((t, b), &k) in tb.iter().zip(bb).zip(k.iter()) {
+                        let v = (t - b).abs() as f64;
+                        before += v;
+                        if k != 0.0 {
+                            after += v;
+                        }
                     }
                 }
                 sums.push((before, after));
@@ -483,6 +532,22 @@ mod tests {
                 if i % 97 == 0 { 0.0 } else { v }
             })
             .collect()
+    }
+
+    /// The lane-wise DARE draws equal `uniform` exactly, also above 2^32 and across the wrap of
+    /// the index's low word.
+    #[test]
+    fn draws_equal_the_documented_rng() {
+        let (seed, key) = (0x1234_5678_9abc_def0u64, tensor_key("model.embed_tokens.weight"));
+        let h0 = mix32(mix32((seed as u32) ^ 0x9e37_79b9) ^ (seed >> 32) as u32 ^ key);
+        for idx in [0u64, 77, (1 << 32) - 100, (1 << 32) + 5, (3 << 32) - 1] {
+            let mut x = [0f32; BLOCK];
+            draws(h0, idx, 0.4, &mut x, |_, keep| keep as u8 as f32);
+            for (i, v) in x.iter().enumerate() {
+                let want = crate::sparsify::uniform(seed, key, idx + i as u64) < 0.4;
+                assert_eq!(*v == 1.0, want, "idx {idx} + {i}");
+            }
+        }
     }
 
     /// The fused path equals the op path (`gta::run` on the CPU) bit for bit, for every supported
