@@ -403,6 +403,7 @@ async fn compute(
                 for &k in &order {
                     let (m, name) = &job.inputs[k];
                     let (st, info) = models[*m].info(name).expect("checked in entry()");
+                    st.prefetch(name);
                     let bytes = st.bytes(name)?;
                     *read += bytes.len() as u64;
                     let plain = info.dtype == "F32" && !matches!(through, Some(DType::F16 | DType::BF16));

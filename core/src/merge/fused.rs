@@ -1,9 +1,11 @@
 //! The task-arithmetic family on the host in one or two streaming passes over the inputs, straight
 //! from the (memory-mapped) input tensors into the output buffer: no copies of the inputs, no
-//! `[R, N]` delta / mask intermediates. Results are bit-identical to the op-by-op path
-//! ([`super::gta`] on `Device::Cpu`, i.e. the CPU ops `MagnitudeMask` / `RandomMask` /
-//! `MaskedRescale` / `TaskMerge`): every element goes through the same f32 operations in the same
-//! order (checked by the tests below).
+//! `[R, N]` delta / mask intermediates. Results equal the op-by-op path ([`super::gta`] on
+//! `Device::Cpu`, i.e. the CPU ops `MagnitudeMask` / `RandomMask` / `MaskedRescale` / `TaskMerge`)
+//! bit for bit: every element goes through the same f32 operations in the same order (checked by
+//! the tests below). One caveat: DARE's L1 norms are f64 sums per chunk, then across chunks in
+//! order (the op sums a row in one f64 sum), so the f32 rescale factor may differ in its last bit
+//! in rare cases — still deterministic, whatever the thread count.
 //!
 //! Passes, for `R` task vectors `d_r = θ_r − θ_0` of `N` elements:
 //! 1. **stats** (only when needed): per magnitude-selected row, a histogram of the top 16 bits of
@@ -438,9 +440,8 @@ fn stats(ctx: &mut Ctx<'_>, l1: bool) {
                     for ((t, b), &k) in tb.iter().zip(bb).zip(k.iter()) {
                         let v = (t - b).abs() as f64;
                         before += v;
-                        if k != 0.0 {
-                            after += v;
-                        }
+                        // Branch-free (the draw is a coin flip): v·1 = v, and adding +0 changes nothing.
+                        after += v * k as f64;
                     }
                 }
                 sums.push((before, after));
@@ -448,35 +449,28 @@ fn stats(ctx: &mut Ctx<'_>, l1: bool) {
         }
         sums
     };
+    // One histogram per thread: contiguous groups of chunks (a fold per rayon split would
+    // allocate and fault in a fresh histogram dozens of times per tensor).
     #[cfg(not(target_arch = "wasm32"))]
-    let (hist, sums) = {
-        let (hist, mut sums) = (0..chunks)
-            .into_par_iter()
-            .fold(
-                || (vec![0u32; h * BINS], Vec::new()),
-                |(mut hist, mut sums), ci| {
-                    let s = per_chunk(ci, &mut hist);
-                    sums.push((ci, s));
-                    (hist, sums)
-                },
-            )
-            .reduce(
-                || (vec![0u32; h * BINS], Vec::new()),
-                |(mut a, mut sa), (b, sb)| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    sa.extend(sb);
-                    (a, sa)
-                },
-            );
-        sums.sort_by_key(|(ci, _)| *ci);
-        (hist, sums)
-    };
+    let groups = rayon::current_num_threads().max(1).min(chunks);
     #[cfg(target_arch = "wasm32")]
-    let (hist, sums) = {
+    let groups = 1;
+    let per_group = chunks.div_ceil(groups.max(1));
+    let run_group = |g: usize| {
         let mut hist = vec![0u32; h * BINS];
-        let sums: Vec<(usize, Vec<(f64, f64)>)> = (0..chunks).map(|ci| (ci, per_chunk(ci, &mut hist))).collect();
+        let sums: Vec<Vec<(f64, f64)>> = (g * per_group..((g + 1) * per_group).min(chunks)).map(|ci| per_chunk(ci, &mut hist)).collect();
         (hist, sums)
     };
+    #[cfg(not(target_arch = "wasm32"))]
+    let parts: Vec<(Vec<u32>, Vec<Vec<(f64, f64)>>)> = (0..groups).into_par_iter().map(run_group).collect();
+    #[cfg(target_arch = "wasm32")]
+    let parts: Vec<(Vec<u32>, Vec<Vec<(f64, f64)>>)> = (0..groups).map(run_group).collect();
+    let mut hist = vec![0u32; h * BINS];
+    let mut sums: Vec<(usize, Vec<(f64, f64)>)> = Vec::with_capacity(chunks);
+    for (hg, sg) in parts {
+        hist.iter_mut().zip(&hg).for_each(|(x, y)| *x += y);
+        sums.extend(sg.into_iter().map(|s| (0, s)));
+    }
     if l1 {
         for r in 0..r_n {
             let (mut before, mut after) = (0f64, 0f64);
