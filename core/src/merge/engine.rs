@@ -124,6 +124,7 @@ fn entry(r: &Recipe, models: &[Model], job: &Job) -> Result<(Entry, bool)> {
 }
 
 /// Runs a planned merge into `sink`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     recipe: &Recipe,
     models: &[Model],

@@ -404,6 +404,9 @@ pub(crate) fn run(a: &Args<'_>, base: &[f32], thetas: &[&[f32]], out: &mut [f32]
     }
 }
 
+/// One thread's histograms, and per chunk the L1 sums (before, after) per row.
+type GroupStats = (Vec<u32>, Vec<Vec<(f64, f64)>>);
+
 /// Pass 1: boundary bins of the magnitude bounds, L1 factors of the DARE rows.
 fn stats(ctx: &mut Ctx<'_>, l1: bool) {
     let (n, r_n) = (ctx.n, ctx.thetas.len());
@@ -462,9 +465,9 @@ fn stats(ctx: &mut Ctx<'_>, l1: bool) {
         (hist, sums)
     };
     #[cfg(not(target_arch = "wasm32"))]
-    let parts: Vec<(Vec<u32>, Vec<Vec<(f64, f64)>>)> = (0..groups).into_par_iter().map(run_group).collect();
+    let parts: Vec<GroupStats> = (0..groups).into_par_iter().map(run_group).collect();
     #[cfg(target_arch = "wasm32")]
-    let parts: Vec<(Vec<u32>, Vec<Vec<(f64, f64)>>)> = (0..groups).map(run_group).collect();
+    let parts: Vec<GroupStats> = (0..groups).map(run_group).collect();
     let mut hist = vec![0u32; h * BINS];
     let mut sums: Vec<(usize, Vec<(f64, f64)>)> = Vec::with_capacity(chunks);
     for (hg, sg) in parts {
