@@ -19,7 +19,7 @@ use crate::models::hf::Shards;
 use crate::models::Weights;
 use crate::tensor::TensorData;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The masks file name, next to the merged model.
 pub const FILE: &str = "tall_masks.safetensors";
@@ -83,7 +83,7 @@ impl TaskWeights {
             Some(b) => b.to_path_buf(),
             None => {
                 let meta = masks.metadata();
-                let candidates: Vec<PathBuf> = [meta.get("base_model_path").map(PathBuf::from), meta.get("base_model").map(|b| dir.parent().unwrap_or(Path::new(".")).join(b))]
+                let candidates: Vec<std::path::PathBuf> = [meta.get("base_model_path").map(std::path::PathBuf::from), meta.get("base_model").map(|b| dir.parent().unwrap_or(Path::new(".")).join(b))]
                     .into_iter()
                     .flatten()
                     .collect();
