@@ -79,10 +79,14 @@ pub fn run(a: Args) -> CliResult {
             "peak_rss_bytes": peak,
             "files": s.files,
             "tall_masks": s.tall_masks,
+            "peak_tensor_bytes": s.peak_bytes,
+            "compute_seconds": s.compute_seconds,
+            "write_seconds": s.write_seconds,
+            "compute_GB_s": (s.bytes_read + s.bytes_written) as f64 / s.compute_seconds.max(1e-9) / 1e9,
         }))?;
     } else {
         println!(
-            "merged {} ({}) into {}: {} tensors, read {}, wrote {} in {} file(s), {:.2} s, peak memory {}, on {}",
+            "merged {} ({}) into {}: {} tensors, read {}, wrote {} in {} file(s), {:.2} s (compute {:.2} s, write {:.2} s), peak memory {} (tensors {}), on {}",
             recipe.file,
             recipe.method.name(),
             a.out.display(),
@@ -91,7 +95,10 @@ pub fn run(a: Args) -> CliResult {
             bytes(s.bytes_written),
             s.files.len(),
             secs,
+            s.compute_seconds,
+            s.write_seconds,
             peak.map(bytes).unwrap_or_else(|| "n/a".into()),
+            bytes(s.peak_bytes),
             describe(&dev)
         );
     }

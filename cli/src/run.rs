@@ -68,6 +68,10 @@ pub struct Args {
     /// Multi-task models: also print the tokens routed to each expert, per task and MoE block.
     #[arg(long)]
     routing: bool,
+    /// A merged model with TALL masks (`tall_masks.safetensors`): run it as task NAME (a merged
+    /// model's name in the recipe, its folder name, or its index), θ_0 + m_NAME ⊙ (θ_merged − θ_0).
+    #[arg(long, value_name = "NAME")]
+    task_mask: Option<String>,
 }
 
 /// `DIR[=SCALE]` → (DIR, SCALE); the scale defaults to 1. A path that itself contains '=' still
@@ -122,6 +126,9 @@ pub fn run(a: Args) -> CliResult {
     };
     let adapters = load_adapters(&a.adapters)?;
     if a.model.extension().is_some_and(|e| e == "gguf") {
+        if a.task_mask.is_some() {
+            return Err(msg("--task-mask needs a merged Hugging Face folder with tall_masks.safetensors, not a .gguf file"));
+        }
         let lm = CausalLm::load_gguf_path_with_progress(&a.model, dev, &on_progress);
         bar.finish_and_clear();
         let mut lm = lm?;
@@ -129,10 +136,15 @@ pub fn run(a: Args) -> CliResult {
         return decoder(&a, &lm);
     }
     let files = DirFiles(a.model.clone());
+    let task_weights = match &a.task_mask {
+        Some(t) => Some(taskloom::merge::task_mask::TaskWeights::open(&a.model, t, None)?),
+        None => None,
+    };
+    let task_weights = task_weights.as_ref().map(|w| w as &dyn taskloom::models::Weights);
     let cfg_bytes = files.read("config.json")?.ok_or_else(|| msg(format!("{}: no config.json (nor a .gguf file)", a.model.display())))?;
     match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg_bytes))? {
         ModelConfig::Bert(_) => {
-            let enc = Encoder::load_with_progress(&files, dev, &on_progress);
+            let enc = Encoder::load_with_weights(&files, task_weights, dev, &on_progress);
             bar.finish_and_clear();
             let mut enc = enc?;
             let mix = adapters.iter().map(|(ad, w)| (ad.name.clone(), *w)).collect();
@@ -146,7 +158,7 @@ pub fn run(a: Args) -> CliResult {
             encoder(&a, &enc)
         }
         _ => {
-            let lm = CausalLm::load_with_progress(&files, dev, &on_progress);
+            let lm = CausalLm::load_with_weights(&files, task_weights, dev, &on_progress);
             bar.finish_and_clear();
             let mut lm = lm?;
             attach_decoder(&mut lm, adapters, a.fuse)?;

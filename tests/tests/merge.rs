@@ -303,3 +303,110 @@ fn bad_models_are_typed_errors_and_leave_nothing() {
 fn r_named(m: &str) -> Recipe {
     Recipe::parse("r.yml", &format!("merge_method: ties\nbase_model: base\nmodels:\n  - model: {m}\n    parameters: {{weight: 1, density: 0.5}}\n")).unwrap()
 }
+
+/// `--task-mask`: the merged model switched to one task equals a model built here from the
+/// definition, θ_0 + m_t ⊙ τ_MTL with m_t = |τ_t| > λ·|τ_MTL − τ_t| (not read from the masks file);
+/// a task is named by its model, folder name or index; an unknown one is a typed error.
+#[test]
+fn task_mask_switches_the_merged_model_to_one_task() {
+    use taskloom::merge::task_mask::TaskWeights;
+    use taskloom::models::hf::Shards;
+    let file = fixtures().join("task_arithmetic.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace("  lambda: 0.8\n", "  lambda: 0.8\n  tall_masks: true\n");
+    let r = Recipe::parse(&file, &text).unwrap();
+    let dir = std::env::temp_dir().join(format!("taskloom-merge-taskmask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    pollster::block_on(merge::merge_to_dir(&r, &dir, &Device::cpu(), &Options::default(), &mut |_| {})).unwrap();
+
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    let merged = SafeTensors::open(dir.join("model.safetensors")).unwrap();
+    let ft2 = SafeTensors::open(fixtures().join("ft2/model.safetensors")).unwrap();
+    let mut want = Vec::new();
+    let mut switched = 0;
+    for name in merged.names() {
+        let (b, m, t) = (base.tensor(name).unwrap(), merged.tensor(name).unwrap(), ft2.tensor(name).unwrap());
+        let (b, m, t) = (b.to_f32_vec(), m.to_f32_vec(), t.to_f32_vec());
+        let v: Vec<f32> = (0..b.len())
+            .map(|j| {
+                let (tau, mtl) = (t[j] - b[j], m[j] - b[j]);
+                let keep = tau.abs() > 0.6 * (mtl - tau).abs();
+                switched += (!keep && mtl != 0.0) as usize;
+                if keep { b[j] + mtl } else { b[j] }
+            })
+            .collect();
+        want.push((name.to_string(), taskloom::TensorData::f32(merged.info(name).unwrap().shape.as_slice(), v).unwrap()));
+    }
+    assert!(switched > 0, "the mask must drop something");
+    let refs: Vec<(&str, &taskloom::TensorData)> = want.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let built = Shards(vec![SafeTensors::from_bytes("built", taskloom::formats::safetensors::serialize(&refs, None).unwrap()).unwrap()]);
+
+    let cfg = taskloom::models::config::ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let taskloom::models::config::ModelConfig::Llama(cfg) = cfg else { panic!("not a decoder") };
+    let dev = Device::cpu();
+    let ids = [1u32, 5, 9, 2, 7];
+    let logits = |w: &dyn taskloom::models::Weights| -> Vec<f32> {
+        let model = taskloom::models::llama::Llama::load(&dev, cfg.clone(), w).unwrap();
+        let mut cache = model.new_cache();
+        pollster::block_on(dev.download(&model.forward(&dev, &ids, &mut cache, true).unwrap())).unwrap().as_f32().unwrap().to_vec()
+    };
+    let expected = logits(&built);
+    for name in ["ft2", "1"] {
+        let tw = TaskWeights::open(&dir, name, None).unwrap();
+        let got = logits(&tw);
+        if let Some((i, g, w)) = first_violation(&got, &expected, 1e-6, 0.0) {
+            panic!("task {name}: logit {i}: got {g}, built from the definition {w}");
+        }
+    }
+    let plain = logits(&taskloom::models::hf::DirFiles(dir.clone()).weights().unwrap());
+    assert!(first_violation(&plain, &expected, 1e-4, 0.0).is_some(), "the task model must differ from the merged one");
+    match TaskWeights::open(&dir, "ft9", None) {
+        Err(e @ Error::Task { .. }) => assert!(e.to_string().contains("ft9") && e.to_string().contains("ft2"), "{e}"),
+        Err(e) => panic!("wrong error {e:?}"),
+        Ok(_) => panic!("an unknown task was accepted"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The summary's peak tensor memory stays near one tensor × inputs: at least the inputs of the
+/// largest tensor, at most a small factor above (fused CPU path: inputs mapped + the output; the
+/// op path of DELLA also holds its decoded inputs and [R, N] intermediates), and below the inputs'
+/// whole checkpoints.
+#[test]
+fn peak_memory_stays_near_one_tensor_times_inputs() {
+    for (case, factor) in [("ties", 1.5), ("dare_ties", 1.5), ("task_arithmetic", 1.5), ("della", 5.0), ("linear", 2.5)] {
+        let r = recipe(case);
+        let files = merge::model_dirs(&r).unwrap();
+        let mut sink = MemSink::default();
+        let s = pollster::block_on(merge::merge(&r, &files, &Device::cpu(), &Options::default(), &mut sink, &mut |_| {})).unwrap();
+        let inputs = r.models.len() as f64;
+        let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+        let largest = base.tensors().iter().map(|t| t.shape.iter().product::<usize>() * 4).max().unwrap() as f64;
+        let whole = base.total_bytes() as f64 * inputs;
+        let peak = s.peak_bytes as f64;
+        assert!(peak >= largest * inputs, "{case}: peak {peak} below the largest tensor's inputs {}", largest * inputs);
+        assert!(peak <= largest * inputs * factor, "{case}: peak {peak} above {factor} × largest tensor {largest} × {inputs} inputs");
+        assert!(peak < whole, "{case}: peak {peak} not below the whole checkpoints {whole}");
+    }
+}
+
+/// PCB (taskloom extension) equals the committed numpy reference (`pcb_merge` in
+/// make_merge_goldens.py, written from seed-methods §1.6) within 1e-5; a ratio outside (0, 1] is a
+/// typed error naming the tensor.
+#[test]
+fn pcb_equals_the_reference() {
+    let got = tensors(&run(&recipe("pcb"), &Device::cpu(), &Options::default()).unwrap());
+    let st = SafeTensors::open(fixtures().join("expected/pcb.safetensors")).unwrap();
+    assert_eq!(got.len(), st.names().len());
+    let base = SafeTensors::open(fixtures().join("../tiny/llama/model.safetensors")).unwrap();
+    for name in st.names() {
+        let want = st.tensor(name).unwrap().to_f32_vec();
+        if let Some((i, g, w)) = first_violation(&got[name], &want, 1e-5, 1e-5) {
+            panic!("pcb: {name}[{i}]: got {g}, reference {w}");
+        }
+        assert_ne!(want, base.tensor(name).unwrap().to_f32_vec(), "{name}: the merge must move the base");
+    }
+    let file = fixtures().join("pcb.yml").display().to_string();
+    let text = std::fs::read_to_string(&file).unwrap().replace("pcb_ratio: 0.2", "pcb_ratio: 1.5");
+    let e = run(&Recipe::parse(&file, &text).unwrap(), &Device::cpu(), &Options::default()).unwrap_err();
+    assert!(matches!(e, Error::Merge { .. }) && e.to_string().contains("pcb_ratio"), "{e}");
+}

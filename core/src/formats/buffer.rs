@@ -19,6 +19,16 @@ impl Buffer {
         }
     }
 
+    /// Maps `range` in one go (natively, Linux `MADV_POPULATE_READ`; a no-op elsewhere or where the
+    /// kernel lacks it): a streamed reader about to read a whole tensor saves a page fault per page.
+    pub(crate) fn prefetch(&self, range: std::ops::Range<usize>) {
+        #[cfg(all(target_os = "linux", not(target_arch = "wasm32")))]
+        if let Buffer::Mapped(m) = self {
+            let _ = m.advise_range(memmap2::Advice::PopulateRead, range.start, range.len());
+        }
+        let _ = range;
+    }
+
     /// Hints that `range` will not be read again soon: natively its pages leave this process's
     /// resident set (they stay in the page cache and fault back in if read). Streamed merges call
     /// this after each tensor so peak RSS stays near one tensor per input, not whole files.

@@ -124,9 +124,11 @@ fn entry(r: &Recipe, models: &[Model], job: &Job) -> Result<(Entry, bool)> {
 }
 
 /// Runs a planned merge into `sink`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     recipe: &Recipe,
     models: &[Model],
+    paths: &[Option<String>],
     read_file: &ReadFile<'_>,
     dev: &Device,
     opts: &Options,
@@ -145,40 +147,59 @@ pub async fn run(
     let seed = opts.random_seed.or(recipe.ext.random_seed).unwrap_or(0);
     let through = recipe.dtype.as_deref().and_then(parse_dtype);
     let total_bytes: u64 = entries.iter().map(|e| e.bytes).sum();
-    let mut summary = Summary { tensors: 0, bytes_written: 0, bytes_read: 0, files: Vec::new(), tall_masks: 0 };
+    let mut summary = Summary::default();
     let mut tall: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    let mut tasks: Vec<super::task_mask::TaskRef> = Vec::new();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
+    // The output buffer, reused from tensor to tensor (no fresh pages to fault in each time).
+    let mut pool: Vec<f32> = Vec::new();
     for (file, range) in &shards {
         sink.begin(file)?;
         sink.write(&output::header(&entries[range.clone()], Some(&meta)))?;
         summary.files.push(file.clone());
         for i in range.clone() {
             let (job, e) = (&plan.jobs[i], &entries[i]);
+            let t0 = Clock::now();
             let bytes = if floats[i] {
-                let (v, masks) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read).await?;
+                let (v, masks, held) = compute(recipe, models, job, &e.shape, dev, opts, seed, through, &mut summary.bytes_read, &mut pool).await?;
+                let encoded = if e.dtype == "F32" { 0 } else { e.bytes };
+                summary.peak_bytes = summary.peak_bytes.max(held + encoded + masks.iter().map(|(_, m)| m.len() as u64).sum::<u64>());
+                summary.compute_seconds += t0.secs();
+                let t0 = Clock::now();
                 for (k, m) in masks {
+                    let model = &models[job.inputs[k].0].name;
+                    if !tasks.iter().any(|t: &super::task_mask::TaskRef| t.index == k) {
+                        tasks.push(super::task_mask::TaskRef { index: k, model: model.clone() });
+                    }
                     tall.push((format!("{}:{k}", job.name), packbits(&m), m.len()));
                 }
                 let dt = DType::ALL.into_iter().find(|d| d.safetensors_name() == e.dtype).unwrap_or(DType::F32);
                 if dt == DType::F32 {
                     // Written straight from the f32 buffer: no byte copy.
                     sink.write(bytemuck::cast_slice(&v))?;
+                    summary.write_seconds += t0.secs();
+                    pool = v;
                     summary.tensors += 1;
                     summary.bytes_written += e.bytes;
                     on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
                     continue;
                 }
-                encode(&v, dt)
+                let bytes = encode(&v, dt);
+                pool = v;
+                bytes
             } else {
                 let (m, name) = &job.inputs[job.base.unwrap_or(0)];
                 let (st, _) = models[*m].info(name).expect("checked in entry()");
                 summary.bytes_read += e.bytes;
                 let b = st.bytes(name)?.to_vec();
                 st.release(name);
+                summary.peak_bytes = summary.peak_bytes.max(2 * e.bytes);
                 b
             };
+            let t0 = Clock::now();
             sink.write(&bytes)?;
+            summary.write_seconds += t0.secs();
             summary.tensors += 1;
             summary.bytes_written += bytes.len() as u64;
             on_progress(Progress { tensors: summary.tensors, total_tensors: entries.len(), bytes: summary.bytes_written, total_bytes, tensor: job.name.clone() });
@@ -194,6 +215,14 @@ pub async fn run(
         m.insert("format".to_string(), "taskloom-tall-masks".to_string());
         m.insert("bit_order".to_string(), "numpy packbits, MSB first, per tensor".to_string());
         m.insert("numel".to_string(), serde_json::to_string(&tall.iter().map(|(n, _, l)| (n.clone(), *l)).collect::<BTreeMap<_, _>>()).expect("json"));
+        tasks.sort_by_key(|t| t.index);
+        m.insert("tasks".to_string(), serde_json::to_string(&tasks).expect("json"));
+        if let Some(b) = recipe.base_model {
+            m.insert("base_model".to_string(), recipe.models[b].clone());
+            if let Some(Some(p)) = paths.get(b) {
+                m.insert("base_model_path".to_string(), p.clone());
+            }
+        }
         sink.begin("tall_masks.safetensors")?;
         sink.write(&output::header(&tall_entries, Some(&m)))?;
         for (_, b, _) in &tall {
@@ -261,7 +290,12 @@ async fn compute(
     seed: u64,
     through: Option<DType>,
     read: &mut u64,
-) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>)> {
+    pool: &mut Vec<f32>,
+) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>, u64)> {
+    let numel: usize = dims.iter().product();
+    // Tensor bytes held at once: mapped inputs, decoded copies, output, intermediates.
+    let mapped: u64 = job.inputs.iter().map(|(m, name)| models[*m].info(name).map(|(_, i)| i.bytes).unwrap_or(0)).sum();
+    let f32s = |k: usize| (k * numel * 4) as u64;
     let load = |k: usize, out: &mut Vec<f32>, read: &mut u64| -> Result<()> {
         let (m, name) = &job.inputs[k];
         let (st, info) = models[*m].info(name).expect("checked in entry()");
@@ -297,6 +331,27 @@ async fn compute(
             let (a, o) = (one(b, read)?, one(1 - b, read)?);
             super::interp::slerp(num(&job.shared, "t", 0.5) as f32, &a, &o)
         }
+        Method::Pcb => {
+            let b = job.base.expect("checked: pcb has a base");
+            let base = one(b, read)?;
+            let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
+            let thetas = others.iter().map(|&k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&[f32]> = thetas.iter().map(|v| v.as_slice()).collect();
+            let ws: Vec<f64> = others.iter().map(|&k| num(&job.per_input[k], "weight", 1.0)).collect();
+            let ratio = num(&job.shared, "pcb_ratio", 0.1);
+            let clip = num(&job.shared, "pcb_clip", 0.0001);
+            let merr = |reason: String| Error::Merge { tensor: job.name.clone(), reason };
+            if !(ratio > 0.0 && ratio <= 1.0) {
+                return Err(merr(format!("pcb_ratio {ratio} outside (0, 1]")));
+            }
+            if !(0.0..0.5).contains(&clip) {
+                return Err(merr(format!("pcb_clip {clip} outside [0, 0.5)")));
+            }
+            let out = super::pcb::pcb(&base, &refs, &ws, ratio, clip, num(&job.shared, "lambda", 1.0));
+            // Base, T inputs and per task: |τ|, clipped, β (f64), plus the f64 sums.
+            let held = mapped + f32s(1 + others.len()) + 2 * f32s(3 * others.len() + 3);
+            return Ok((out, Vec::new(), held));
+        }
         Method::ModelStock => {
             let b = job.base.expect("checked: model_stock has a base");
             let w0 = one(b, read)?;
@@ -308,15 +363,15 @@ async fn compute(
         m => {
             let g = m.gta().expect("the other methods are task arithmetic");
             let b = job.base.expect("checked: task arithmetic has a base");
-            let base = one(b, read)?;
             let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
-            let mut thetas = Vec::with_capacity(base.len() * others.len());
+            if others.is_empty() {
+                return Ok((one(b, read)?, Vec::new(), mapped + f32s(1)));
+            }
             let mut rows = Vec::new();
             for &k in &others {
-                load(k, &mut thetas, read)?;
                 let p = &job.per_input[k];
                 let mask = match &opts.masks {
-                    Some(st) if g.sparsify.is_some() => super::masks::lookup(st, &job.name, k, base.len())?,
+                    Some(st) if g.sparsify.is_some() => super::masks::lookup(st, &job.name, k, numel)?,
                     _ => None,
                 };
                 rows.push(Row {
@@ -327,9 +382,6 @@ async fn compute(
                     tall_lambda: num(p, "tall_lambda", 0.6),
                     mask,
                 });
-            }
-            if others.is_empty() {
-                return Ok((base, Vec::new()));
             }
             let lines = num(&job.shared, "lines_alpha", 1.0) + num(&job.shared, "lines_beta", 0.0) * job.t;
             let args = gta::Args {
@@ -345,10 +397,73 @@ async fn compute(
                 tall: flag(&job.shared, "tall_masks"),
                 consensus_k: num(&job.shared, "consensus_k", 0.0).max(0.0) as usize,
             };
+            if matches!(dev, Device::Cpu(_)) && super::fused::supports(&args) {
+                // Straight from the mapped inputs (f32 ones are not copied) into the pooled output.
+                let order: Vec<usize> = std::iter::once(b).chain(others.iter().copied()).collect();
+                let mut views: Vec<std::borrow::Cow<'_, [f32]>> = Vec::with_capacity(order.len());
+                for &k in &order {
+                    let (m, name) = &job.inputs[k];
+                    let (st, info) = models[*m].info(name).expect("checked in entry()");
+                    st.prefetch(name);
+                    let bytes = st.bytes(name)?;
+                    *read += bytes.len() as u64;
+                    let plain = info.dtype == "F32" && !matches!(through, Some(DType::F16 | DType::BF16));
+                    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                        Ok(v) if plain => views.push(std::borrow::Cow::Borrowed(v)),
+                        _ => {
+                            let mut v = Vec::with_capacity(numel);
+                            decode(bytes, &info.dtype, through, &mut v);
+                            views.push(std::borrow::Cow::Owned(v));
+                        }
+                    }
+                }
+                let mut out = std::mem::take(pool);
+                if out.len() < numel {
+                    out.resize(numel, 0.0);
+                } else {
+                    out.truncate(numel);
+                }
+                let decoded: usize = views.iter().filter(|v| matches!(v, std::borrow::Cow::Owned(_))).count();
+                let held = mapped + f32s(decoded + 1);
+                let thetas: Vec<&[f32]> = views[1..].iter().map(|v| v.as_ref()).collect();
+                super::fused::run(&args, &views[0], &thetas, &mut out);
+                drop(views);
+                for (m, name) in &job.inputs {
+                    let (st, _) = models[*m].info(name).expect("checked in entry()");
+                    st.release(name);
+                }
+                return Ok((out, Vec::new(), held));
+            }
+            let base = one(b, read)?;
+            let mut thetas = Vec::with_capacity(base.len() * others.len());
+            for &k in &others {
+                load(k, &mut thetas, read)?;
+            }
             let o = gta::run(dev, &args, base, thetas).await?;
             let masks = if args.tall { others.iter().copied().zip(o.tall_masks).collect() } else { Vec::new() };
-            return Ok((o.merged, masks));
+            // Inputs decoded, then per task vector: raw, mask (u32), rescaled deltas; the output.
+            let r_n = others.len();
+            return Ok((o.merged, masks, mapped + f32s(1 + r_n) + f32s(3 * r_n) + f32s(1)));
         }
     };
-    Ok((out, Vec::new()))
+    // Every input decoded at once (linear, model_stock) or fewer, and the output.
+    Ok((out, Vec::new(), mapped + f32s(job.inputs.len() + 1)))
+}
+
+/// Wall time natively (`std::time::Instant` does not exist in wasm32-unknown-unknown).
+struct Clock(#[cfg(not(target_arch = "wasm32"))] std::time::Instant);
+
+impl Clock {
+    fn now() -> Clock {
+        Clock(
+            #[cfg(not(target_arch = "wasm32"))]
+            std::time::Instant::now(),
+        )
+    }
+    fn secs(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.0.elapsed().as_secs_f64();
+        #[cfg(target_arch = "wasm32")]
+        0.0
+    }
 }

@@ -144,7 +144,7 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
 
 /// The same pipeline on the host without the device round trips (no upload / download copies):
 /// the very functions the CPU ops run, so results equal `Device::Cpu` exactly.
-fn run_host(a: &Args<'_>, base: Vec<f32>, mut raw: Vec<f32>) -> Result<Output> {
+pub(crate) fn run_host(a: &Args<'_>, base: Vec<f32>, mut raw: Vec<f32>) -> Result<Output> {
     use crate::cpu::merge as k;
     let n = base.len();
     let r = a.rows.len();

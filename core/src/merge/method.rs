@@ -18,6 +18,8 @@ pub enum Method {
     Slerp,
     ModelStock,
     Passthrough,
+    /// taskloom: PCB merging (see [`super::pcb`]).
+    Pcb,
 }
 
 /// How each task vector is thinned before it is combined.
@@ -88,6 +90,7 @@ impl std::str::FromStr for Method {
             "slerp" => Method::Slerp,
             "model_stock" => Method::ModelStock,
             "passthrough" => Method::Passthrough,
+            "pcb" => Method::Pcb,
             _ => {
                 return Err(format!(
                     "merge_method: unknown method '{s}' (known: {})",
@@ -99,7 +102,7 @@ impl std::str::FromStr for Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 13] = [
         Method::Linear,
         Method::TaskArithmetic,
         Method::Ties,
@@ -112,6 +115,7 @@ impl Method {
         Method::Slerp,
         Method::ModelStock,
         Method::Passthrough,
+        Method::Pcb,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +132,7 @@ impl Method {
             Method::Slerp => "slerp",
             Method::ModelStock => "model_stock",
             Method::Passthrough => "passthrough",
+            Method::Pcb => "pcb",
         }
     }
 
@@ -167,6 +172,12 @@ impl Method {
             Method::Slerp => vec![required(spec("t", Shared, Float))],
             Method::ModelStock => vec![with(spec("filter_wise", Shared, Bool), boolean(false))],
             Method::Passthrough => vec![spec("scale", Input, Float)],
+            Method::Pcb => vec![
+                with(spec("weight", NonBase, Float), num(1.0)),
+                with(spec("lambda", Shared, Float), num(1.0)),
+                with(spec("pcb_ratio", Shared, Float), num(0.1)),
+                with(spec("pcb_clip", Shared, Float), num(0.0001)),
+            ],
             m => {
                 let g = m.gta().expect("the rest are task-arithmetic methods");
                 let mut v = vec![
@@ -205,6 +216,7 @@ impl Method {
             match self {
                 Method::Passthrough if n != 1 => return Err(format!("{at}passthrough takes exactly one model per slice, got {n}")),
                 Method::Slerp if !has_base || n != 2 => return Err(format!("{at}slerp needs a base_model and exactly one other model")),
+                Method::Pcb if !has_base || n < 2 => return Err(format!("{at}pcb needs a base_model and at least one other model")),
                 Method::ModelStock if !has_base || n < 3 => return Err(format!("{at}model_stock needs a base_model and at least two other models")),
                 m if m.gta().is_some() && !has_base => return Err(format!("{at}{} needs a base_model", m.name())),
                 _ => {}

@@ -9,7 +9,9 @@
 //! `breadcrumbs`, `breadcrumbs_ties`, `della`, `della_linear`, `slerp`, `model_stock`, and
 //! `passthrough` (with `slices` to stack layers). The task-arithmetic family runs as ops of the op
 //! table ([`crate::Op::MagnitudeMask`], `RandomMask`, `DellaMask`, `MaskedRescale`, `TaskMerge`) on the
-//! chosen device; the others are cheap and memory-bound and run on the host.
+//! GPU; on the CPU the same arithmetic runs fused (`fused.rs`: a histogram pass for magnitude
+//! selection, then one merge pass straight from the mapped inputs, bit-identical to the ops; DELLA,
+//! imported masks and TALL use the ops). The others are cheap and memory-bound and run on the host.
 //!
 //! Where taskloom differs from mergekit, on purpose:
 //! - **Ties in magnitude selection** go to the lower flat index (mergekit's `argsort` leaves them open).
@@ -38,19 +40,30 @@
 //!   MSB first, per tensor, key `NAME:K`) to `tall_masks.safetensors` next to the model.
 //! - `consensus_k: k` (Consensus merging): elements where fewer than `k` TALL masks agree keep the base.
 //!
+//! - `merge_method: pcb` (PCB merging, seed-methods §1.6; [`pcb`]): per tensor, `weight` per model,
+//!   `lambda`, `pcb_ratio` (r, default 0.1), `pcb_clip` (default 0.0001); host-only, f64.
+//! - `taskloom run --task-mask NAME` ([`task_mask`]): the merged model switched to one task's TALL
+//!   mask as it loads; the masks file records the tasks (the recipe's model names) and the base.
+//!
+//! The summary reports the peak tensor memory the engine held (inputs of one tensor, mapped or
+//! decoded, its output and the method's intermediates) and, natively, compute / write seconds.
+//!
 //! Not implemented: `modules`, `tokenizer` / `tokenizer_source: union`, LoRA model references,
 //! `residual_weight`, mergekit's other methods (nuslerp, karcher, sce, ...): each is a recipe error.
 
 mod engine;
+mod fused;
 pub mod gta;
 pub mod interp;
 pub mod masks;
 pub mod method;
 pub(crate) mod ops;
+pub mod pcb;
 pub mod output;
 pub mod plan;
 pub mod recipe;
 pub mod setting;
+pub mod task_mask;
 
 pub use engine::{packbits, Options};
 pub use method::Method;
@@ -86,6 +99,13 @@ pub struct Summary {
     pub files: Vec<String>,
     /// TALL masks written (tensor × task).
     pub tall_masks: usize,
+    /// Peak tensor memory the merge held at once (bytes): the input tensors of one output tensor
+    /// (mapped or decoded), its output and the intermediates of its method, as the engine
+    /// allocates them. Files' other bytes are never held.
+    pub peak_bytes: u64,
+    /// Natively: seconds spent computing (reading the mapped inputs included) and writing.
+    pub compute_seconds: f64,
+    pub write_seconds: f64,
 }
 
 /// Opens the recipe's models through `files` (one [`Files`] per model reference, in
@@ -114,7 +134,20 @@ pub async fn merge(
         models.push(Model { name: name.clone(), shards, config });
     }
     let read = |m: usize, rel: &str| files[m].read(rel);
-    engine::run(recipe, &models, &read, dev, opts, sink, on_progress).await
+    // Where each model was read from (a folder natively), for the TALL masks' metadata.
+    let paths: Vec<Option<String>> = files.iter().map(|f| location(&f.name())).collect();
+    engine::run(recipe, &models, &paths, &read, dev, opts, sink, on_progress).await
+}
+
+fn location(name: &str) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Ok(p) = std::fs::canonicalize(name) {
+        if p.is_dir() {
+            return Some(p.display().to_string());
+        }
+    }
+    let _ = name;
+    None
 }
 
 /// Native: the recipe's model folders, each path taken relative to the working directory, else to

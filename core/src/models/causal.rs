@@ -41,6 +41,12 @@ impl CausalLm {
 
     /// [`CausalLm::load`], reporting weight bytes loaded as it goes.
     pub fn load_with_progress(files: &dyn Files, device: Device, on_progress: &dyn Fn(Progress)) -> Result<CausalLm> {
+        CausalLm::load_with_weights(files, None, device, on_progress)
+    }
+
+    /// [`CausalLm::load_with_progress`] with the weights taken from `weights` instead of the
+    /// folder's shards when given (e.g. a merged model switched to one task's TALL mask).
+    pub fn load_with_weights(files: &dyn Files, weights: Option<&dyn Weights>, device: Device, on_progress: &dyn Fn(Progress)) -> Result<CausalLm> {
         let need = |rel: &str| {
             files.read(rel)?.ok_or_else(|| Error::Io {
                 path: format!("{}/{rel}", files.name()),
@@ -62,8 +68,15 @@ impl CausalLm {
         }
         let bos = tc.get("bos_token").and_then(token_text);
         let eos = tc.get("eos_token").and_then(token_text);
-        let weights = files.weights()?;
-        CausalLm::from_parts(cfg, &Tracked::new(&weights, on_progress), tokenizer, template, bos, eos, device)
+        let shards;
+        let weights: &dyn Weights = match weights {
+            Some(w) => w,
+            None => {
+                shards = files.weights()?;
+                &shards
+            }
+        };
+        CausalLm::from_parts(cfg, &Tracked::new(weights, on_progress), tokenizer, template, bos, eos, device)
     }
 
     /// A llama.cpp GGUF file: weights (dequantised at load), config, tokenizer and chat template

@@ -114,6 +114,12 @@ impl Encoder {
 
     /// [`Encoder::load`], reporting weight bytes loaded as it goes.
     pub fn load_with_progress(files: &dyn Files, device: Device, on_progress: &dyn Fn(Progress)) -> Result<Encoder> {
+        Encoder::load_with_weights(files, None, device, on_progress)
+    }
+
+    /// [`Encoder::load_with_progress`] with the weights taken from `weights` instead of the
+    /// folder's shards when given (e.g. a merged model switched to one task's TALL mask).
+    pub fn load_with_weights(files: &dyn Files, weights: Option<&dyn Weights>, device: Device, on_progress: &dyn Fn(Progress)) -> Result<Encoder> {
         let cfg_text = String::from_utf8_lossy(&required(files, "config.json")?).into_owned();
         let cfg = match ModelConfig::parse("config.json", &cfg_text)? {
             ModelConfig::Bert(c) => c,
@@ -130,8 +136,15 @@ impl Encoder {
                 Some((mode, modules.contains("Normalize")))
             }
         };
-        let weights = files.weights()?;
-        let bert = Bert::load(&device, cfg, &Tracked::new(&weights, on_progress))?;
+        let shards;
+        let weights: &dyn Weights = match weights {
+            Some(w) => w,
+            None => {
+                shards = files.weights()?;
+                &shards
+            }
+        };
+        let bert = Bert::load(&device, cfg, &Tracked::new(weights, on_progress))?;
         Ok(Encoder { bert, tokenizer, pooling, device })
     }
 
