@@ -260,3 +260,42 @@ export class Model {
   /** Frees the model now; on WebGPU also destroys its GPUDevice (all of its GPU memory). */
   dispose(): void;
 }
+
+/** What `merge` did. */
+export interface MergeSummary {
+  tensors: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Files written, in order (shards, index, config, tokenizer, TALL masks). */
+  files: string[];
+  tallMasks: number;
+  /** Peak tensor memory the merge held at once (bytes). */
+  peakBytes: number;
+  /** "webgpu" or "cpu". */
+  device: string;
+}
+
+export interface MergeProgress {
+  tensors: number;
+  totalTensors: number;
+  bytes: number;
+  totalBytes: number;
+  tensor: string;
+}
+
+/**
+ * Runs a mergekit recipe (YAML text) on the models in `sources` (keyed by the recipe's model
+ * references), tensor by tensor, on WebGPU or the CPU — the same engine and semantics as
+ * `taskloom merge`. Resolves to the merged files as Blobs with a summary, or with `load: true`
+ * to a loaded Model.
+ */
+export function merge(
+  recipe: string,
+  sources: Record<string, ModelSource>,
+  opts?: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load?: false },
+): Promise<{ files: Record<string, Blob>; summary: MergeSummary }>;
+export function merge(
+  recipe: string,
+  sources: Record<string, ModelSource>,
+  opts: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load: true },
+): Promise<Model>;

@@ -860,3 +860,5 @@ export class Model {
     this.#source = null;
   }
 }
+
+export { merge } from "./merge.js";

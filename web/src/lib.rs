@@ -9,6 +9,7 @@
 //! dedicated worker (Node, some test runners) wgpu panics when asked for an adapter. The crate also
 //! builds natively (it is a workspace member), where the check is skipped.
 
+mod merge;
 mod model;
 
 pub use model::Model;

@@ -28,7 +28,7 @@ fn unsupported(what: &str) -> JsError {
     crate::js_err("UNSUPPORTED", format!("{what} is not available on a multi-task model"))
 }
 
-fn to_js(v: &impl serde::Serialize) -> Result<JsValue, JsError> {
+pub(crate) fn to_js(v: &impl serde::Serialize) -> Result<JsValue, JsError> {
     v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| crate::js_err("INTERNAL", e))
 }
 
@@ -54,7 +54,7 @@ pub struct Model {
 }
 
 /// `{ "config.json": Uint8Array | ArrayBuffer, ... }` → relative path → bytes.
-fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Vec<u8>>, JsError> {
+pub(crate) fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Vec<u8>>, JsError> {
     if !files.is_object() {
         return Err(bad_input("model files must be an object of { path: Uint8Array | ArrayBuffer }"));
     }
