@@ -9,7 +9,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { before, test } from "node:test";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { packedPackage, tempDir } from "./harness.mjs";
+import { here, openPage, packedPackage, tempDir } from "./harness.mjs";
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const fixtures = join(repo, "tests/fixtures/merge");
@@ -119,3 +119,29 @@ test("node: bad merges reject with a code", async () => {
   // The package still works after the failures.
   assert.ok((await tl.merge(text, sources, { device: "cpu" })).summary.tensors > 0);
 });
+
+// The same engine in headless Chromium, on WebGPU (SwiftShader) and the wasm CPU path, models
+// fetched by URL: TIES and breadcrumbs equal mergekit, DARE-TIES with a seed equals the Node run.
+for (const device of ["webgpu", "cpu"]) {
+  test(`browser: merge on ${device} equals mergekit and the Node run`, { timeout: 240_000 }, async () => {
+    const session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "merge.html");
+    try {
+      for (const name of ["ties", "breadcrumbs"]) {
+        const r = await session.page.evaluate((a) => window.taskloomMerge(...a), [device, name, 0]);
+        assert.equal(r.error, undefined, `${name}: ${JSON.stringify(r.error)}\n${session.logs.join("\n")}`);
+        assert.equal(r.summary.device, device);
+        const got = tensors(new Uint8Array(r.bytes));
+        const want = tensors(readFileSync(join(fixtures, `expected/${name}.safetensors`)));
+        for (const t of Object.keys(want)) close(`${device} ${name}: ${t}`, got[t], want[t]);
+      }
+      const r = await session.page.evaluate((a) => window.taskloomMerge(...a), [device, "dare_ties", 5]);
+      assert.equal(r.error, undefined, JSON.stringify(r.error));
+      const { text, sources } = recipe("dare_ties");
+      const node = await mergedTensors(await tl.merge(text, sources, { device: "cpu", randomSeed: 5 }));
+      const got = tensors(new Uint8Array(r.bytes));
+      for (const t of Object.keys(node)) close(`${device} dare_ties: ${t}`, got[t], node[t]);
+    } finally {
+      await session.close();
+    }
+  });
+}

@@ -72,7 +72,7 @@ pub async fn merge_models(recipe: String, sources: JsValue, opts: JsValue, on_pr
         files: s.files,
         tall_masks: s.tall_masks,
         peak_bytes: s.peak_bytes,
-        device: device.kind(),
+        device: if device.kind() == "cpu" { "cpu" } else { "webgpu" },
     })?;
     let res = js_sys::Object::new();
     js_sys::Reflect::set(&res, &JsValue::from_str("files"), &out).map_err(|_| crate::js_err("INTERNAL", "building the result"))?;
