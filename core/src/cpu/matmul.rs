@@ -76,6 +76,12 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, 
         // Row blocks, one per thread, each a single-threaded gemm: gemm's own rayon mode packs all
         // of B and synchronises every K step, which measured 7-20% slower on 2 cores.
         let threads = rayon::current_num_threads();
+        // Short and wide (few rows, many columns: a layer on a short sequence): split the columns
+        // instead, so each thread packs only its share of B rather than all of it.
+        if threads > 1 && n >= 4 * m && n >= 64 * threads && m * n * k >= 64 * 64 * 64 {
+            gemm_cols(m, n, k, a, b, trans_b, bias.is_some(), out, threads);
+            return;
+        }
         if threads > 1 && m >= 32 * threads && m * n * k >= 64 * 64 * 64 {
             use rayon::prelude::*;
             let rows = m.div_ceil(threads);
@@ -86,6 +92,31 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, 
         }
     }
     gemm_block(m, n, k, a, b, trans_b, bias.is_some(), out, parallelism(m, n, k));
+}
+
+/// `out [M, N]` in column blocks, one single-threaded gemm per rayon thread (disjoint columns).
+#[cfg(not(target_arch = "wasm32"))]
+#[allow(clippy::too_many_arguments)]
+fn gemm_cols(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], trans_b: bool, accumulate: bool, out: &mut [f32], threads: usize) {
+    use rayon::prelude::*;
+    // Column blocks rounded to 16 (whole microkernel tiles).
+    let cols = n.div_ceil(threads).div_ceil(16) * 16;
+    let (rhs_cs, rhs_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
+    struct Ptr(*mut f32);
+    // SAFETY: each block writes only its own columns [n0, n0 + w) of `out`.
+    unsafe impl Sync for Ptr {}
+    let dst = Ptr(out.as_mut_ptr());
+    (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
+        let n0 = j * cols;
+        let w = cols.min(n - n0);
+        let dst = &dst;
+        // SAFETY: `sgemm` checked the slice lengths; the block's columns lie within `out`, and its
+        // B columns (rows with `trans_b`) within `b`; blocks never overlap.
+        unsafe {
+            let rhs = if trans_b { b.as_ptr().add(n0 * k) } else { b.as_ptr().add(n0) };
+            gemm::gemm(m, w, k, dst.0.add(n0), 1, n as isize, accumulate, a.as_ptr(), 1, k as isize, rhs, rhs_cs, rhs_rs, 1.0, 1.0, false, false, false, Parallelism::None)
+        }
+    });
 }
 
 /// One gemm call on row-major blocks; `accumulate` adds to `out` (pre-filled with the bias).
@@ -128,4 +159,32 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     }
     let _ = (m, n, k);
     Parallelism::None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sgemm;
+
+    /// Every path of `sgemm` (column split, row split, single call) against a plain f64 loop,
+    /// with and without `trans_b` and a bias, on shapes that are not multiples of the tiles.
+    #[test]
+    fn sgemm_paths_match_a_plain_loop() {
+        for &(m, n, k) in &[(17, 1000, 70), (3, 4099, 129), (200, 300, 64), (9, 9, 9), (64, 4096, 33)] {
+            for trans_b in [false, true] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729 % 2003) as f32 / 2003.0) - 0.5).collect();
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+                let mut out = vec![f32::NAN; m * n];
+                sgemm(m, n, k, &a, &b, trans_b, Some(&bias), &mut out);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = bias[j] as f64
+                            + (0..k).map(|p| a[i * k + p] as f64 * if trans_b { b[j * k + p] } else { b[p * n + j] } as f64).sum::<f64>();
+                        let got = out[i * n + j] as f64;
+                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "m {m} n {n} k {k} trans_b {trans_b} at ({i}, {j}): {got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
 }
