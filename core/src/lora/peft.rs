@@ -140,6 +140,12 @@ impl LoraConfig {
         })
     }
 
+    /// Reads and parses `adapter_config.json` from an adapter's files.
+    pub fn read(adapter: &str, files: &dyn Files) -> Result<LoraConfig> {
+        let bytes = files.read("adapter_config.json")?.ok_or_else(|| bad(adapter, format!("{}: no adapter_config.json", files.name())))?;
+        LoraConfig::parse(adapter, &String::from_utf8_lossy(&bytes))
+    }
+
     /// Does PEFT target `module` (a full module path) with this config?
     pub fn targets(&self, module: &str) -> bool {
         match &self.target_modules {
@@ -173,8 +179,7 @@ fn f32_data(adapter: &str, key: &str, t: TensorData) -> Result<Vec<f32>> {
 impl Adapter {
     /// Reads a PEFT adapter from its files (`adapter_config.json`, `adapter_model.safetensors`).
     pub fn load(name: &str, files: &dyn Files) -> Result<Adapter> {
-        let cfg_bytes = files.read("adapter_config.json")?.ok_or_else(|| bad(name, format!("{}: no adapter_config.json", files.name())))?;
-        let config = LoraConfig::parse(name, &String::from_utf8_lossy(&cfg_bytes))?;
+        let config = LoraConfig::read(name, files)?;
         let st = match files.read("adapter_model.safetensors")? {
             Some(b) => SafeTensors::from_bytes("adapter_model.safetensors", b)?,
             None if files.read("adapter_model.bin")?.is_some() => {

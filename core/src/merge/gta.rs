@@ -63,15 +63,7 @@ pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -
     let deltas = match a.gta.sparsify {
         None => raw.clone(),
         Some(kind) => {
-            let mask = if a.rows.iter().any(|row| row.mask.is_some()) {
-                let mut m = Vec::with_capacity(r * n);
-                for (i, row) in a.rows.iter().enumerate() {
-                    match &row.mask {
-                        Some(v) => m.extend_from_slice(v),
-                        None if row.density >= 1.0 => m.extend(std::iter::repeat_n(1u32, n)),
-                        None => return Err(merr(format!("the imported masks have none for input row {i} (density {})", row.density))),
-                    }
-                }
+            let mask = if let Some(m) = imported_masks(a, n)? {
                 dev.upload(&TensorData::u32(&[r, n], m)?)?
             } else {
                 match kind {
@@ -156,15 +148,7 @@ pub(crate) fn run_host(a: &Args<'_>, base: Vec<f32>, mut raw: Vec<f32>) -> Resul
     let deltas = match a.gta.sparsify {
         None => raw.clone(),
         Some(kind) => {
-            let mask = if a.rows.iter().any(|row| row.mask.is_some()) {
-                let mut m = Vec::with_capacity(r * n);
-                for (i, row) in a.rows.iter().enumerate() {
-                    match &row.mask {
-                        Some(v) => m.extend_from_slice(v),
-                        None if row.density >= 1.0 => m.extend(std::iter::repeat_n(1u32, n)),
-                        None => return Err(merr(format!("the imported masks have none for input row {i} (density {})", row.density))),
-                    }
-                }
+            let mask = if let Some(m) = imported_masks(a, n)? {
                 m
             } else {
                 match kind {
@@ -199,6 +183,25 @@ pub(crate) fn run_host(a: &Args<'_>, base: Vec<f32>, mut raw: Vec<f32>) -> Resul
 }
 
 /// TALL masks of every row, and Consensus applied to `merged` when asked.
+/// The `[R, N]` keep mask from imported masks, when any row has one (rows that keep everything
+/// may lack theirs); `None` without imported masks.
+fn imported_masks(a: &Args<'_>, n: usize) -> Result<Option<Vec<u32>>> {
+    if a.rows.iter().all(|row| row.mask.is_none()) {
+        return Ok(None);
+    }
+    let mut m = Vec::with_capacity(a.rows.len() * n);
+    for (i, row) in a.rows.iter().enumerate() {
+        match &row.mask {
+            Some(v) => m.extend_from_slice(v),
+            None if row.density >= 1.0 => m.extend(std::iter::repeat_n(1u32, n)),
+            None => {
+                return Err(Error::Merge { tensor: a.name.to_string(), reason: format!("the imported masks have none for input row {i} (density {})", row.density) })
+            }
+        }
+    }
+    Ok(Some(m))
+}
+
 fn tall(a: &Args<'_>, raw: &[f32], base: &[f32], merged: &mut [f32]) -> Vec<Vec<bool>> {
     let n = base.len();
     let mut tall_masks = Vec::new();

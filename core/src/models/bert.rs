@@ -58,6 +58,13 @@ pub struct EncoderInput {
     pub tokens: usize,
 }
 
+impl EncoderInput {
+    /// The batch `n` times over (the same sequences again, e.g. one copy per adapter stream).
+    pub fn repeat(&self, n: usize) -> EncoderInput {
+        EncoderInput { ids: self.ids.repeat(n), type_ids: self.type_ids.repeat(n), mask: self.mask.repeat(n), batch: self.batch * n, tokens: self.tokens }
+    }
+}
+
 fn norm(dev: &Device, w: &dyn Weights, prefix: &str, c: usize, eps: f32) -> Result<Norm> {
     Ok(Norm {
         gamma: load(dev, w, &format!("{prefix}.weight"), &[c])?,

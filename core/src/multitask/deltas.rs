@@ -14,7 +14,8 @@
 //! the per-task LoRA adapters and run through the model's mixed-batch adapter path.
 
 use super::heads::Head;
-use super::spec::{DeltaSpec, RouterScore, Spec};
+use super::spec::{vit_target, DeltaSpec, RouterScore, Spec, VitSpec};
+use super::vit::Vit;
 use super::Loader;
 use crate::device::Device;
 use crate::error::Result;
@@ -53,7 +54,7 @@ impl Router {
 }
 
 /// The factors of delta `name` on `target`, if it has them: `(A [r, in], B [out, r], r)`.
-pub(crate) fn factors(l: &Loader, name: &str, target: &str) -> Result<Option<(Vec<f32>, Vec<f32>, usize)>> {
+fn factors(l: &Loader, name: &str, target: &str) -> Result<Option<(Vec<f32>, Vec<f32>, usize)>> {
     let a = format!("deltas.{name}.{target}.A");
     if !l.contains(&a) {
         return Ok(None);
@@ -65,7 +66,7 @@ pub(crate) fn factors(l: &Loader, name: &str, target: &str) -> Result<Option<(Ve
 
 /// Stacks `[T, R, in]` / `[T, out, R]` (zero-padded to the largest rank) for one target, with B's
 /// rows `rows` (the qkv target's B is split into three linears).
-pub(crate) fn stack(l: &Loader, per: &[Option<(Vec<f32>, Vec<f32>, usize)>], inp: usize, rows: std::ops::Range<usize>) -> Result<Option<LoraStack>> {
+fn stack(l: &Loader, per: &[Option<(Vec<f32>, Vec<f32>, usize)>], inp: usize, rows: std::ops::Range<usize>) -> Result<Option<LoraStack>> {
     let r = per.iter().flatten().map(|f| f.2).max().unwrap_or(0);
     if r == 0 {
         return Ok(None);
@@ -80,6 +81,28 @@ pub(crate) fn stack(l: &Loader, per: &[Option<(Vec<f32>, Vec<f32>, usize)>], inp
         }
     }
     Ok(Some(LoraStack { a: l.upload(&TensorData::f32(&[n, r, inp], a)?)?, b: l.upload(&TensorData::f32(&[n, out, r], b)?)? }))
+}
+
+/// Puts the deltas' stacks on the ViT's target linears (the fused qkv's B rows split across q, k, v).
+pub(crate) fn attach_vit(l: &Loader, spec: &Spec, v: &VitSpec, vit: &mut Vit) -> Result<()> {
+    let Some(d) = &spec.deltas else { return Ok(()) };
+    let (c, h) = (v.dim, v.mlp_dim);
+    for target in &d.targets {
+        let per = d.names.iter().map(|n| factors(l, n, target)).collect::<Result<Vec<_>>>()?;
+        let (i, lin) = vit_target(v, target).expect("checked in parse");
+        let blk = &mut vit.blocks[i];
+        match lin {
+            "attn.qkv" => {
+                for (j, q) in blk.qkv.iter_mut().enumerate() {
+                    q.lora = stack(l, &per, c, j * c..(j + 1) * c)?;
+                }
+            }
+            "attn.proj" => blk.proj.lora = stack(l, &per, c, 0..c)?,
+            "mlp.fc1" => blk.mlp.as_mut().expect("dense block").0.lora = stack(l, &per, c, 0..h)?,
+            _ => blk.mlp.as_mut().expect("dense block").1.lora = stack(l, &per, h, 0..c)?,
+        }
+    }
+    Ok(())
 }
 
 /// Per-row slots `0..T` and weights `r[row / tokens]` for `rows = B·tokens` rows, on the device.

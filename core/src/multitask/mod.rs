@@ -12,6 +12,7 @@
 //!   is measured from what was uploaded; [`MultiTask::all_tasks_bytes`] from loading every task's
 //!   parts (on the CPU, when a subset was asked for).
 
+pub mod branches;
 pub mod deltas;
 pub mod heads;
 pub mod routed;
@@ -24,7 +25,6 @@ use crate::formats::safetensors::SafeTensors;
 use crate::models::bert::{pool, Pooling};
 use crate::models::hf::{Encoder, Files, Shards};
 use crate::lora::runtime::{LoraHost, Mix};
-use crate::lora::Adapter;
 use crate::models::{Progress, Weights};
 use crate::op::Op;
 use crate::tensor::{Tensor, TensorData};
@@ -182,95 +182,6 @@ pub struct MultiTask {
     all_tasks: u64,
 }
 
-/// The adapter mix of `task`'s trunk pass on an hf trunk: the shared adapter and its own.
-fn task_mix(spec: &Spec, task: &str) -> Mix {
-    let mut m = Vec::new();
-    if spec.shared_adapter.is_some() {
-        m.push((SHARED.to_string(), 1.0));
-    }
-    if spec.tasks[task].adapter.is_some() {
-        m.push((format!("task:{task}"), 1.0));
-    }
-    m
-}
-
-const SHARED: &str = "shared";
-
-/// The mix of a pass with the shared adapter only (the deltas' router pass).
-fn task_mix_shared(spec: &Spec) -> Mix {
-    spec.shared_adapter.iter().map(|_| (SHARED.to_string(), 1.0)).collect()
-}
-
-/// `files` under the folder `dir/` (an adapter folder beside taskloom.json).
-struct SubFiles<'a> {
-    files: &'a dyn Files,
-    dir: String,
-}
-
-impl Files for SubFiles<'_> {
-    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        self.files.read(&format!("{}/{rel}", self.dir))
-    }
-    fn weights(&self) -> Result<Shards> {
-        Err(Error::InvalidParam { op: "multitask", reason: format!("{}: an adapter folder has no model weights", self.name()) })
-    }
-    fn name(&self) -> String {
-        format!("{}/{}", self.files.name(), self.dir)
-    }
-}
-
-/// The PEFT adapters an hf trunk needs for `tasks`: the shared one, the tasks' own (read from
-/// their folders) and the deltas, named as [`task_mix`] and [`deltas::hf_adapters`] name them.
-fn hf_adapters(files: &dyn Files, l: &Loader, spec: &Spec, tasks: &[String]) -> Result<Vec<Adapter>> {
-    let sub = |dir: &str| SubFiles { files, dir: dir.trim_end_matches('/').to_string() };
-    let mut out = Vec::new();
-    if let Some(dir) = &spec.shared_adapter {
-        out.push(Adapter::load(SHARED, &sub(dir))?);
-    }
-    for t in tasks {
-        if let Some(dir) = &spec.tasks[t].adapter {
-            out.push(Adapter::load(&format!("task:{t}"), &sub(dir))?);
-        }
-    }
-    out.extend(deltas::hf_adapters(l, spec)?);
-    Ok(out)
-}
-
-/// The shapes (ranks per targeted linear, no factors) of every adapter an hf trunk would hold with
-/// all tasks loaded, from the adapters' `adapter_config.json` only — so a task subset can report
-/// the all-tasks bytes without reading (or, in a browser, downloading) the other tasks' weights.
-fn hf_adapter_shapes(files: &dyn Files, l: &Loader, spec: &Spec, linears: &[(String, usize, usize)]) -> Result<Vec<Adapter>> {
-    let dirs = spec.shared_adapter.iter().map(|d| (SHARED.to_string(), d)).chain(spec.tasks.iter().filter_map(|(t, ts)| ts.adapter.as_ref().map(|d| (format!("task:{t}"), d))));
-    let mut out = Vec::new();
-    for (name, dir) in dirs {
-        let sub = SubFiles { files, dir: dir.trim_end_matches('/').to_string() };
-        let text = sub.read("adapter_config.json")?.ok_or_else(|| Error::Adapter { adapter: name.clone(), reason: format!("{}: no adapter_config.json", sub.name()) })?;
-        let config = crate::lora::LoraConfig::parse(&name, &String::from_utf8_lossy(&text))?;
-        let mut modules = BTreeMap::new();
-        for (m, i, o) in linears {
-            if config.targets(m) {
-                let (r, scale) = config.rank_and_scale(&name, m)?;
-                modules.insert(m.clone(), crate::lora::LoraModule { a: Vec::new(), b: Vec::new(), r, inp: *i, out: *o, scale });
-            }
-        }
-        out.push(Adapter { name, config, modules, saved: BTreeMap::new() });
-    }
-    out.extend(deltas::hf_adapters(l, spec)?);
-    Ok(out)
-}
-
-/// Bytes of the stacked factors `adapters` give `linears` (`(name, in, out)`): every targeted
-/// linear holds `N × R_max × (in + out)` f32s, N = all adapters (see `lora::runtime`).
-fn stack_bytes(adapters: &[Adapter], linears: &[(String, usize, usize)]) -> u64 {
-    linears
-        .iter()
-        .map(|(name, i, o)| {
-            let r = adapters.iter().filter_map(|a| a.modules.get(name)).map(|m| m.r).max().unwrap_or(0);
-            (adapters.len() * r * (i + o) * 4) as u64
-        })
-        .sum()
-}
-
 /// What the tasks-dependent part of a model holds.
 struct TaskParts {
     moe: Vec<Option<RoutedMoe>>,
@@ -368,23 +279,9 @@ impl MultiTask {
             (TrunkSpec::Vit(v), InputSpec::Image { height, width, channels, scale }) => {
                 let heads = spec.check_weights(&w.0, v.dim)?;
                 let mut vit = vit::Vit::load(&l, v, (*height, *width, *channels), *scale)?;
-                if let Some(d) = &spec.deltas {
+                if spec.deltas.is_some() {
                     l.part(Part::Adapters);
-                    for target in &d.targets {
-                        let per = d.names.iter().map(|n| deltas::factors(&l, n, target)).collect::<Result<Vec<_>>>()?;
-                        let (i, lin) = spec::vit_target(v, target).expect("checked in parse");
-                        let (c, h, blk) = (v.dim, v.mlp_dim, &mut vit.blocks[i]);
-                        match lin {
-                            "attn.qkv" => {
-                                for (j, q) in blk.qkv.iter_mut().enumerate() {
-                                    q.lora = deltas::stack(&l, &per, c, j * c..(j + 1) * c)?;
-                                }
-                            }
-                            "attn.proj" => blk.proj.lora = deltas::stack(&l, &per, c, 0..c)?,
-                            "mlp.fc1" => blk.mlp.as_mut().expect("dense block").0.lora = deltas::stack(&l, &per, c, 0..h)?,
-                            _ => blk.mlp.as_mut().expect("dense block").1.lora = deltas::stack(&l, &per, h, 0..c)?,
-                        }
-                    }
+                    deltas::attach_vit(&l, &spec, v, &mut vit)?;
                     l.part(Part::Trunk);
                 }
                 ((Trunk::Vit(Box::new(vit), Vec::new()), heads), v.dim)
@@ -399,14 +296,14 @@ impl MultiTask {
                 l.add(loaded.get());
                 let c = enc.bert.cfg.hidden_size;
                 let heads = spec.check_weights(&w.0, c)?;
-                let adapters = hf_adapters(files, &l, &spec, &selected)?;
+                let adapters = branches::load(files, &l, &spec, &selected)?;
                 let linears: Vec<(String, usize, usize)> = enc.bert.lora_parts().1.iter().map(|x| (x.name.clone(), x.inp, x.out)).collect();
                 l.part(Part::Adapters);
-                loaded_stacks = stack_bytes(&adapters, &linears);
+                loaded_stacks = branches::stack_bytes(&adapters, &linears);
                 l.add(loaded_stacks);
                 if selected.len() < spec.tasks.len() {
                     let cpu = Device::cpu();
-                    all_stacks = stack_bytes(&hf_adapter_shapes(files, &Loader::new(&cpu, &w), &spec, &linears)?, &linears);
+                    all_stacks = branches::stack_bytes(&branches::all_task_shapes(files, &Loader::new(&cpu, &w), &spec, &linears)?, &linears);
                 }
                 if !adapters.is_empty() {
                     enc.bert.add_adapters(&device, adapters)?;
@@ -461,6 +358,14 @@ impl MultiTask {
         self.all_tasks
     }
 
+    /// Each input as the kind this model takes (`what`, for the error), or a typed error.
+    fn unpack<'a, T>(&self, inputs: &'a [Input], what: &str, f: impl Fn(&'a Input) -> Option<T>) -> Result<Vec<T>> {
+        inputs
+            .iter()
+            .map(|i| f(i).ok_or_else(|| Error::InvalidParam { op: "multitask", reason: format!("{} takes {what} only", self.spec.name) }))
+            .collect()
+    }
+
     /// Runs `tasks` (`None` or empty: every loaded task) on a batch of inputs.
     pub async fn run(&self, inputs: &[Input], tasks: Option<&[&str]>) -> Result<Run> {
         let selected = self.spec.select(tasks)?;
@@ -485,13 +390,10 @@ impl MultiTask {
         let mut delta_w: Option<Tensor> = None;
         match &self.trunk {
             Trunk::Vit(v, moe) => {
-                let imgs = inputs
-                    .iter()
-                    .map(|i| match i {
-                        Input::Image(p) => Ok(p.as_slice()),
-                        Input::Text(_) => Err(Error::InvalidParam { op: "multitask", reason: format!("{} takes images, not text", self.spec.name) }),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let imgs = self.unpack(inputs, "images", |i| match i {
+                    Input::Image(p) => Some(p.as_slice()),
+                    Input::Text(_) => None,
+                })?;
                 let mut x = v.embed(dev, &imgs)?;
                 let first = v.spec.moe_blocks.iter().copied().min().unwrap_or(v.spec.depth);
                 // Deltas (never with MoE blocks): a first pass with the shared weights feeds the router.
@@ -537,14 +439,12 @@ impl MultiTask {
                 }
             }
             Trunk::Hf(enc) => {
-                let texts = inputs
-                    .iter()
-                    .map(|i| match i {
-                        Input::Text(t) => Ok(t.as_str()),
-                        Input::Image(_) => Err(Error::InvalidParam { op: "multitask", reason: format!("{} takes text, not images", self.spec.name) }),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let texts = self.unpack(inputs, "text", |i| match i {
+                    Input::Text(t) => Some(t.as_str()),
+                    Input::Image(_) => None,
+                })?;
                 let b = texts.len();
+                let input = enc.tokenize(&texts)?;
                 let (mode, norm) = enc.pooling.unwrap_or((Pooling::Mean, false));
                 let adapters = !enc.bert.lora.is_empty();
                 // Each distinct adapter mix among the selected tasks is one trunk stream (MTLoRA);
@@ -552,7 +452,7 @@ impl MultiTask {
                 let mut groups: Vec<Mix> = Vec::new();
                 let mut group_of = BTreeMap::new();
                 for t in &selected {
-                    let m = task_mix(&self.spec, t);
+                    let m = branches::task_mix(&self.spec, t);
                     let g = groups.iter().position(|x| *x == m).unwrap_or_else(|| {
                         groups.push(m);
                         groups.len() - 1
@@ -562,8 +462,7 @@ impl MultiTask {
                 // Deltas: the router reads the pooled feature of a pass with the shared adapter only.
                 let mut router_w: Option<Vec<f32>> = None;
                 if let Some(router) = &self.router {
-                    let input = enc.tokenize(&texts)?;
-                    let shared = vec![task_mix_shared(&self.spec); b];
+                    let shared = vec![branches::shared_mix(&self.spec); b];
                     let h = enc.bert.forward_mixed(dev, &input, Some(&shared))?;
                     let f = pool(&dev.download(&h).await?, &input.mask, mode, norm)?;
                     let f = dev.upload(&TensorData::f32(&[b, h.dims()[2]], f.concat())?)?;
@@ -572,11 +471,9 @@ impl MultiTask {
                     delta_w = Some(r);
                 }
                 let names: Vec<String> = self.spec.deltas.iter().flat_map(|d| d.names.iter().map(|n| format!("delta:{n}"))).collect();
-                let mut rows: Vec<&str> = Vec::with_capacity(b * groups.len());
                 let mut mixes: Vec<Mix> = Vec::with_capacity(b * groups.len());
                 for g in &groups {
-                    for (bi, text) in texts.iter().enumerate() {
-                        rows.push(text);
+                    for bi in 0..b {
                         let mut m = g.clone();
                         if let Some(r) = &router_w {
                             m.extend(names.iter().enumerate().map(|(j, n)| (n.clone(), r[bi * names.len() + j])));
@@ -584,7 +481,7 @@ impl MultiTask {
                         mixes.push(m);
                     }
                 }
-                let input = enc.tokenize(&rows)?;
+                let input = if groups.len() == 1 { input } else { input.repeat(groups.len()) };
                 let h = if adapters { enc.bert.forward_mixed(dev, &input, Some(&mixes))? } else { enc.bert.forward(dev, &input)? }; // [G*B, T, C]
                 let host = dev.download(&h).await?;
                 let pooled = pool(&host, &input.mask, mode, norm)?;
