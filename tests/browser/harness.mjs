@@ -20,7 +20,13 @@ export function tempDir(prefix) {
  * `npm pack` of pkg/ unpacked into a temp dir: exactly what `npm install taskloom` would get.
  * Fails when the tarball lacks the built wasm (run scripts/build-wasm.sh first).
  */
+let packed = null;
 export function packedPackage() {
+  packed ??= pack();
+  return packed;
+}
+
+function pack() {
   const dir = tempDir("taskloom-pack-");
   const out = execFileSync("npm", ["pack", "--silent", "--pack-destination", dir], { cwd: join(repo, "pkg"), encoding: "utf8" });
   const tgz = join(dir, out.trim().split("\n").pop());
@@ -101,6 +107,11 @@ export const CHROMIUM_ARGS = [
  * `window.taskloomReady`. Resolves to { page, logs, close }; `logs` collects console output and page
  * errors for failure messages.
  */
+/** `openPage` with the usual mounts: the packed package, tests/fixtures and this folder. */
+export function openFixturePage(pagePath) {
+  return openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, pagePath);
+}
+
 export async function openPage(mounts, pagePath) {
   const { chromium } = await import("playwright-core");
   const server = await serve(mounts);

@@ -6,13 +6,12 @@
 //   hooks) nor the wasm heap (its high-water mark) on the CPU path.
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { here, openPage, packedPackage, repo } from "./harness.mjs";
+import { openFixturePage } from "./harness.mjs";
 
 let session, page, logs;
 before(async () => {
-  session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "lifecycle.html");
+  session = await openFixturePage("lifecycle.html");
   ({ page, logs } = session);
 });
 after(async () => {

@@ -7,14 +7,14 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { here, openPage, packedPackage, repo } from "./harness.mjs";
+import { openFixturePage, repo } from "./harness.mjs";
 
 let session, page, logs;
 const exp = JSON.parse(readFileSync(join(repo, "tests/fixtures/lora/expected.json"), "utf8"));
 const tiny = JSON.parse(readFileSync(join(repo, "tests/fixtures/tiny/llama/expected.json"), "utf8"));
 
 before(async () => {
-  session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "lora.html");
+  session = await openFixturePage("lora.html");
   ({ page, logs } = session);
 });
 

@@ -7,11 +7,10 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { before, test } from "node:test";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { here, openPage, packedPackage, tempDir } from "./harness.mjs";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { openFixturePage, packedPackage, repo, tempDir } from "./harness.mjs";
 
-const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const fixtures = join(repo, "tests/fixtures/merge");
 let tl;
 
@@ -124,7 +123,7 @@ test("node: bad merges reject with a code", async () => {
 // fetched by URL: TIES and breadcrumbs equal mergekit, DARE-TIES with a seed equals the Node run.
 for (const device of ["webgpu", "cpu"]) {
   test(`browser: merge on ${device} equals mergekit and the Node run`, { timeout: 240_000 }, async () => {
-    const session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "merge.html");
+    const session = await openFixturePage("merge.html");
     try {
       for (const name of ["ties", "breadcrumbs"]) {
         const r = await session.page.evaluate((a) => window.taskloomMerge(...a), [device, name, 0]);

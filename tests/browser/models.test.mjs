@@ -6,12 +6,12 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { here, openPage, packedPackage, repo } from "./harness.mjs";
+import { openFixturePage, repo } from "./harness.mjs";
 
 let session, page, logs;
 
 before(async () => {
-  session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "models.html");
+  session = await openFixturePage("models.html");
   ({ page, logs } = session);
 });
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { here, openPage, packedPackage, repo } from "./harness.mjs";
+import { here, openFixturePage, repo } from "./harness.mjs";
 
 let session, page, logs;
 // The trained models' expected.json writes a regression task's label margin as a bare `Infinity`
@@ -15,7 +15,7 @@ let session, page, logs;
 const fixture = (f) => JSON.parse(readFileSync(join(repo, `tests/fixtures/multitask/${f}/expected.json`), "utf8").replaceAll(":Infinity", ":null"));
 
 before(async () => {
-  session = await openPage({ "/taskloom/": packedPackage(), "/fixtures/": join(repo, "tests/fixtures"), "/": here }, "multitask.html");
+  session = await openFixturePage("multitask.html");
   ({ page, logs } = session);
 });
 
