@@ -420,7 +420,8 @@ fn gpu_matches_cpu_on_every_case() {
 
 #[test]
 fn cpu_device_matches_cpu_oracle() {
-    // The Device::Cpu path (upload, exec, download) must be the oracle itself.
+    // The Device::Cpu path (upload, exec, download; its fast f32 ops, `cpu/fast.rs`) must agree
+    // with the oracle to the tolerances every GPU kernel meets.
     let failures = run_all(&Device::cpu());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -7,7 +7,11 @@ pub(super) fn broadcast(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Ve
     if b.is_empty() {
         return Vec::new();
     }
-    a.iter().enumerate().map(|(i, &x)| f(x, b[i % b.len()])).collect()
+    let mut out = Vec::with_capacity(a.len());
+    for row in a.chunks(b.len()) {
+        out.extend(row.iter().zip(b).map(|(&x, &y)| f(x, y)));
+    }
+    out
 }
 
 pub(super) fn gelu(x: f32, kind: GeluKind) -> f32 {

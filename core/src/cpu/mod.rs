@@ -5,6 +5,7 @@
 mod attention;
 mod elementwise;
 mod embed;
+mod fast;
 mod lora;
 pub mod matmul;
 pub(crate) mod merge;
@@ -74,7 +75,10 @@ impl Backend for CpuBackend {
 
     fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let views = inputs.iter().map(|t| Ok((t.shape, host(t)?))).collect::<Result<Vec<_>>>()?;
-        let outs = run_views(op, &views)?;
+        let outs = match run_fast(op, &views)? {
+            Some(outs) => outs,
+            None => run_views(op, &views)?,
+        };
         Ok(outs
             .into_iter()
             .map(|d| Tensor { shape: *d.shape(), dtype: d.dtype(), storage: Storage::Cpu(Arc::new(d.into_data())) })
@@ -108,6 +112,29 @@ fn u32s(d: &HostData) -> &[u32] {
         HostData::U32(v) => v,
         _ => unreachable!("Op::infer checked the dtype"),
     }
+}
+
+/// The device's fast f32 versions of the costly non-matmul ops ([`fast`]); `None`: the op runs
+/// as the oracle does.
+fn run_fast(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Option<Vec<TensorData>>> {
+    if !matches!(op, Op::Attention { .. } | Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid) {
+        return Ok(None);
+    }
+    let metas: Vec<_> = inputs.iter().map(|(s, d)| (*s, d.dtype())).collect();
+    let out_shape = op.infer(&metas)?[0].0;
+    let x = |i: usize| f32s(inputs[i].1);
+    let v = match *op {
+        Op::Attention { causal, scale } => {
+            let mask = inputs.get(3).map(|m| u32s(m.1));
+            fast::attention(&inputs[0].0, x(0), &inputs[1].0, x(1), &inputs[2].0, x(2), mask, causal, scale)
+        }
+        Op::Softmax => fast::softmax(x(0), out_shape.last()),
+        Op::Gelu(kind) => fast::gelu(x(0), kind),
+        Op::Silu => fast::silu_all(x(0)),
+        Op::Sigmoid => fast::sigmoid_all(x(0)),
+        _ => unreachable!("matched above"),
+    };
+    Ok(Some(vec![TensorData::f32(out_shape.dims(), v)?]))
 }
 
 fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> {

@@ -1,0 +1,244 @@
+//! The CPU device's fast path: f32 versions of the ops that cost the most in a transformer forward
+//! after the matmuls. `cpu::run` (f64 accumulation) stays the oracle; `Device::cpu()` runs these
+//! instead, and `tests/tests/conformance.rs` holds them to the same tolerances as the GPU kernels
+//! (which are f32 too), so the CPU device is checked against the oracle like any other device.
+//!
+//! - Attention: per (batch, head) `S = scale·Q·Kᵀ` and `O = P·V` are two gemm calls; the masked
+//!   softmax between them is f32 with the polynomial `exp` below. (Batch, head) blocks run in
+//!   parallel natively.
+//! - Softmax, GELU (erf and tanh), SiLU, sigmoid: branch-free f32 formulas built on [`exp`], so
+//!   the loops vectorise (SSE/AVX natively, SIMD128 in wasm); long tensors split across threads.
+//!
+//! Error budget (relative, per element): `exp` within 2 f32 ulps on the range it clamps to; erf
+//! from Numerical Recipes' erfc (fractional error < 1.2e-7, the formula the WGSL kernel uses);
+//! GELU's negative half is computed as `x/2 · erfc(|x|/√2)`, never as `1 + erf` (no cancellation).
+
+/// `e^x` in f32: `2^n · p(r)`, `n = round(x / ln 2)`, `r = x − n·ln 2` (split in two constants, as
+/// Cephes' expf), `p` Cephes' degree-7 polynomial on |r| ≤ ln2/2. `x` is clamped to [-87, 88]
+/// (results stay normal: e^-87 ≈ 1.6e-38 stands in for smaller values, which is below every
+/// tolerance; nothing here needs an overflow to infinity). Branch-free, so it vectorises.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer (to nearest)
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits (|n| < 2^22).
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1) * r) * r
+        + r
+        + 1.0;
+    f32::from_bits(((ni + 127) << 23) as u32) * p
+}
+
+/// `erfc(z)` for `z >= 0` (Numerical Recipes' Chebyshev fit, fractional error < 1.2e-7).
+#[inline(always)]
+fn erfc_pos(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7 + t * (0.374_091_96 + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    t * exp(-z * z + poly)
+}
+
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    // x·Φ(x) = x/2 · (1 + erf(x/√2)) = x/2 · (2 − erfc(x/√2)) for x >= 0, x/2 · erfc(|x|/√2) below.
+    let r = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
+    let c = if x >= 0.0 { 2.0 - r } else { r };
+    0.5 * x * c
+}
+
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    // 0.5·x·(1 + tanh(u)) = x · σ(2u), u = √(2/π)·(x + 0.044715·x³).
+    let u = 0.797_884_6 * (x + 0.044_715 * x * x * x);
+    x / (1.0 + exp(-2.0 * u))
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Elements per parallel task of the elementwise ops (below it one thread does all).
+#[cfg(not(target_arch = "wasm32"))]
+const CHUNK: usize = 1 << 15;
+
+/// `f` over `x`, in parallel chunks natively when `x` is long.
+fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    let body = |(o, i): (&mut [f32], &[f32])| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v));
+    #[cfg(not(target_arch = "wasm32"))]
+    if x.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(body);
+        return out;
+    }
+    body((&mut out, x));
+    out
+}
+
+pub(super) fn gelu(x: &[f32], kind: crate::op::GeluKind) -> Vec<f32> {
+    match kind {
+        crate::op::GeluKind::Erf => map(x, gelu_erf),
+        crate::op::GeluKind::Tanh => map(x, gelu_tanh),
+    }
+}
+
+pub(super) fn silu_all(x: &[f32]) -> Vec<f32> {
+    map(x, silu)
+}
+
+pub(super) fn sigmoid_all(x: &[f32]) -> Vec<f32> {
+    map(x, sigmoid)
+}
+
+/// Softmax of one row into `o`: the max, `exp(x - max)`, their sum (eight f32 lanes, then f64),
+/// one multiply by its inverse.
+fn softmax_row(row: &[f32], o: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    o.iter_mut().zip(row).for_each(|(o, &v)| *o = exp(v - m));
+    let inv = (1.0 / sum(o)) as f32;
+    o.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `Σ v` over eight f32 lanes (vectorised, pipelined) combined in f64.
+fn sum(v: &[f32]) -> f64 {
+    let mut acc = [0.0f32; 8];
+    let c = v.chunks_exact(8);
+    let tail: f64 = c.remainder().iter().map(|&x| x as f64).sum();
+    for x in c {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + tail
+}
+
+pub(super) fn softmax(x: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    if n == 0 {
+        return out;
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if x.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let rows = (CHUNK / n).max(1) * n;
+        out.par_chunks_mut(rows).zip(x.par_chunks(rows)).for_each(|(o, x)| o.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, r)| softmax_row(r, o)));
+        return out;
+    }
+    out.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, r)| softmax_row(r, o));
+    out
+}
+
+/// Scaled dot-product attention (the op's semantics: causal and padding masks, grouped-query
+/// heads, rows with no visible key are 0) with both products on gemm.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
+    qs: &crate::shape::Shape,
+    q: &[f32],
+    ks: &crate::shape::Shape,
+    k: &[f32],
+    vs: &crate::shape::Shape,
+    v: &[f32],
+    mask: Option<&[u32]>,
+    causal: bool,
+    scale: f32,
+) -> Vec<f32> {
+    let [b, hq, tq, d] = [qs.dims()[0], qs.dims()[1], qs.dims()[2], qs.dims()[3]];
+    let [hkv, tk] = [ks.dims()[1], ks.dims()[2]];
+    let dv = vs.dims()[3];
+    let group = hq / hkv.max(1);
+    let mut out = vec![0.0f32; b * hq * tq * dv];
+    let block = tq * dv;
+    if block == 0 {
+        return out;
+    }
+    // One (batch, query head) block of the output: [Tq, Dv].
+    let head = |bh: usize, o: &mut [f32]| {
+        let (bi, h) = (bh / hq, bh % hq);
+        let kv0 = (bi * hkv + h / group) * tk;
+        let (qh, kh, vh) = (&q[bh * tq * d..][..tq * d], &k[kv0 * d..][..tk * d], &v[kv0 * dv..][..tk * dv]);
+        let mut s = vec![0.0f32; tq * tk];
+        if d > 0 {
+            // SAFETY: qh [Tq, D], kh [Tk, D] (read as Kᵀ through its strides) and s [Tq, Tk] are
+            // row-major slices of exactly those sizes.
+            unsafe {
+                gemm::gemm(tq, tk, d, s.as_mut_ptr(), 1, tk as isize, false, qh.as_ptr(), 1, d as isize, kh.as_ptr(), d as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+            }
+        }
+        let mut inv = vec![0.0f32; tq];
+        let key_ok = |j: usize| mask.is_none_or(|m| m[bi * tk + j] != 0);
+        for (i, row) in s.chunks_mut(tk).enumerate() {
+            let limit = if causal { (tk + i + 1).saturating_sub(tq) } else { tk };
+            let mut m = f32::NEG_INFINITY;
+            for (j, x) in row.iter_mut().enumerate() {
+                if j >= limit || !key_ok(j) {
+                    *x = f32::NEG_INFINITY;
+                }
+                m = m.max(*x);
+            }
+            if m == f32::NEG_INFINITY {
+                row.fill(0.0); // no visible key: the row stays 0
+                continue;
+            }
+            // exp clamps its argument, so masked keys (−∞ − m) need an explicit 0.
+            row.iter_mut().for_each(|x| *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp(*x - m) });
+            inv[i] = (1.0 / sum(row)) as f32;
+        }
+        // SAFETY: s [Tq, Tk], vh [Tk, Dv] and o [Tq, Dv] are row-major slices of those sizes.
+        unsafe {
+            gemm::gemm(tq, dv, tk, o.as_mut_ptr(), 1, dv as isize, false, s.as_ptr(), 1, tk as isize, vh.as_ptr(), 1, dv as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+        }
+        for (row, &f) in o.chunks_mut(dv).zip(&inv) {
+            row.iter_mut().for_each(|x| *x *= f);
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+    }
+    #[cfg(target_arch = "wasm32")]
+    out.chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_within_two_ulps_of_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let (got, want) = (super::exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.000_731;
+        }
+        assert!(worst <= 2.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
+        assert!(super::exp(-1e30) > 0.0 && super::exp(1e30).is_finite() && super::exp(0.0) == 1.0);
+    }
+
+    #[test]
+    fn gelu_and_silu_match_the_f64_formulas() {
+        let mut x = -12.0f32;
+        while x <= 12.0 {
+            let g = super::gelu_erf(x) as f64;
+            let want = 0.5 * x as f64 * libm::erfc(-(x as f64) / std::f64::consts::SQRT_2);
+            assert!((g - want).abs() <= 1e-7 + 1e-6 * want.abs(), "gelu({x}) = {g}, want {want}");
+            let s = super::silu(x) as f64;
+            let want = x as f64 / (1.0 + (-(x as f64)).exp());
+            assert!((s - want).abs() <= 1e-7 + 1e-6 * want.abs(), "silu({x}) = {s}, want {want}");
+            x += 0.001_3;
+        }
+    }
+}
