@@ -117,6 +117,8 @@ impl Device {
     pub fn upload(&self, data: &TensorData) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),
+            // The GPU kernels read f32/f16/bf16: a block-quantised weight is widened on the way.
+            Device::Gpu(b) if data.dtype().is_quantized() => b.upload(&TensorData::f32(data.dims(), data.to_f32_vec())?),
             Device::Gpu(b) => b.upload(data),
         }
     }

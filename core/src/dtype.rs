@@ -2,9 +2,9 @@
 
 use std::fmt;
 
-/// Element type of a tensor. Quantised block types (Q8_0, Q4_0, ...) will join as their own variants;
-/// code that matches on `DType` must therefore not assume every dtype has a fixed per-element size
-/// beyond what [`DType::size_in_bytes`] reports.
+/// Element type of a tensor. The block-quantised types (llama.cpp's Q8_0, Q4_0, Q4_1) have no
+/// fixed per-element size: their data is a [`crate::quant::QuantMatrix`], which only the CPU runs
+/// (as a matmul weight or an embedding table); uploading one to a GPU widens it to f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DType {
@@ -13,6 +13,9 @@ pub enum DType {
     BF16,
     U32,
     I32,
+    Q8_0,
+    Q4_0,
+    Q4_1,
 }
 
 impl DType {
@@ -22,7 +25,14 @@ impl DType {
         match self {
             DType::F32 | DType::U32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
+            // Not a per-element size (about 1.06 and 0.56-0.75 bytes): see `QuantMatrix::bytes`.
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 1,
         }
+    }
+
+    /// A block-quantised type (its data is a `QuantMatrix`).
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
     }
 
     pub fn is_float(self) -> bool {
@@ -37,6 +47,10 @@ impl DType {
             DType::BF16 => "BF16",
             DType::U32 => "U32",
             DType::I32 => "I32",
+            // ggml's names: safetensors has no block-quantised dtypes.
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
         }
     }
 
@@ -48,6 +62,8 @@ impl DType {
             DType::BF16 => 2,
             DType::U32 => 3,
             DType::I32 => 4,
+            // Never bound by a shader (the GPU widens quantised tensors at upload).
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => u32::MAX,
         }
     }
 }
@@ -60,6 +76,9 @@ impl fmt::Display for DType {
             DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::I32 => "i32",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod gpu;
 pub mod lora;
 pub mod merge;
 pub mod op;
+pub mod quant;
 pub mod shape;
 pub mod sparsify;
 pub mod tensor;

@@ -237,13 +237,25 @@ impl Op {
             Ok(())
         };
         let out = |s: Shape, d: DType| Ok(vec![(s, d)]);
+        // Block-quantised tensors are only ever a matmul's `[N, K]` weight (with trans_b) or an
+        // embedding table (`crate::quant`).
+        for (i, (s, d)) in inputs.iter().enumerate() {
+            let allowed = match self {
+                Op::Matmul { trans_b } => i == 1 && *trans_b && s.rank() == 2,
+                Op::Embedding => i == 0,
+                _ => false,
+            };
+            if d.is_quantized() && !allowed {
+                return Err(Error::DTypeMismatch { op, expected: format!("an unquantised input {i} (a {d} tensor is only a matmul weight [N, K] with trans_b or an embedding table)"), got: *d });
+            }
+        }
         match *self {
             Op::Matmul { trans_b } => {
                 arity(2, 3, "2 (a, b) or 3 (a, b, bias)")?;
                 let a = f32_in(0)?;
                 let (b, bd) = &inputs[1];
-                if !bd.is_float() {
-                    return Err(Error::DTypeMismatch { op, expected: "f32, f16 or bf16 weights".into(), got: *bd });
+                if !bd.is_float() && !bd.is_quantized() {
+                    return Err(Error::DTypeMismatch { op, expected: "f32, f16, bf16 or block-quantised weights".into(), got: *bd });
                 }
                 if a.rank() < 2 || b.rank() < 2 {
                     return Err(mismatch("a and b of rank >= 2".into(), if a.rank() < 2 { a } else { b }));
@@ -315,8 +327,8 @@ impl Op {
                 arity(2, 2, "2 (table, ids)")?;
                 let (t, td) = &inputs[0];
                 let (ids, idd) = &inputs[1];
-                if !td.is_float() {
-                    return Err(Error::DTypeMismatch { op, expected: "float table".into(), got: *td });
+                if !td.is_float() && !td.is_quantized() {
+                    return Err(Error::DTypeMismatch { op, expected: "float or block-quantised table".into(), got: *td });
                 }
                 if *idd != DType::U32 {
                     return Err(Error::DTypeMismatch { op, expected: "u32 ids".into(), got: *idd });

@@ -14,6 +14,8 @@ pub enum HostData {
     BF16(Vec<bf16>),
     U32(Vec<u32>),
     I32(Vec<i32>),
+    /// A block-quantised `[rows, cols]` matrix (CPU only; see [`crate::quant`]).
+    Quant(Arc<crate::quant::QuantMatrix>),
 }
 
 impl HostData {
@@ -24,6 +26,7 @@ impl HostData {
             HostData::BF16(_) => DType::BF16,
             HostData::U32(_) => DType::U32,
             HostData::I32(_) => DType::I32,
+            HostData::Quant(q) => q.dtype(),
         }
     }
 
@@ -34,6 +37,7 @@ impl HostData {
             HostData::BF16(v) => v.len(),
             HostData::U32(v) => v.len(),
             HostData::I32(v) => v.len(),
+            HostData::Quant(q) => q.rows() * q.cols(),
         }
     }
 
@@ -41,9 +45,11 @@ impl HostData {
         self.len() == 0
     }
 
-    /// Little-endian bytes of the elements, as safetensors and GPU buffers store them.
+    /// Little-endian bytes of the elements, as safetensors and GPU buffers store them. Empty for a
+    /// quantised matrix, which has no such layout (widen it first: [`HostData::to_f32_vec`]).
     pub fn as_bytes(&self) -> &[u8] {
         match self {
+            HostData::Quant(_) => &[],
             HostData::F32(v) => bytemuck::cast_slice(v),
             HostData::F16(v) => bytemuck::cast_slice(v),
             HostData::BF16(v) => bytemuck::cast_slice(v),
@@ -68,6 +74,9 @@ impl HostData {
             DType::BF16 => HostData::BF16(bytemuck::pod_collect_to_vec(bytes)),
             DType::U32 => HostData::U32(bytemuck::pod_collect_to_vec(bytes)),
             DType::I32 => HostData::I32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                return Err(Error::InvalidParam { op: "from_bytes", reason: format!("{dtype} data needs its shape: use QuantMatrix::from_ggml") })
+            }
         })
     }
 
@@ -79,6 +88,7 @@ impl HostData {
             HostData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             HostData::U32(v) => v.iter().map(|&x| x as f32).collect(),
             HostData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            HostData::Quant(q) => q.dequantize(),
         }
     }
 }
@@ -116,6 +126,9 @@ impl TensorData {
             DType::BF16 => HostData::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
             DType::U32 => HostData::U32(v.iter().map(|&x| x as u32).collect()),
             DType::I32 => HostData::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                return Err(Error::InvalidParam { op: "from_f32_as", reason: format!("taskloom does not quantise to {dtype}") })
+            }
         };
         TensorData::new(shape, data)
     }
@@ -205,7 +218,21 @@ impl Tensor {
                 got: shape.to_string(),
             });
         }
+        if self.dtype.is_quantized() && shape != self.shape {
+            return Err(Error::DTypeMismatch { op: "reshape", expected: "an unquantised tensor (blocks are laid out per row)".into(), got: self.dtype });
+        }
         Ok(Tensor { shape, dtype: self.dtype, storage: self.storage.clone() })
+    }
+
+    /// A block-quantised CPU tensor widened to f32 (anything else: itself). For the ops that take
+    /// only f32, such as adding a LoRA delta to a weight.
+    pub(crate) fn widened(&self) -> Result<Tensor> {
+        match &self.storage {
+            Storage::Cpu(d) if self.dtype.is_quantized() => {
+                Ok(Tensor { shape: self.shape, dtype: DType::F32, storage: Storage::Cpu(Arc::new(HostData::F32(d.to_f32_vec()))) })
+            }
+            _ => Ok(self.clone()),
+        }
     }
 
     /// "cpu" or "gpu".

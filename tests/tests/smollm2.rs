@@ -1,6 +1,7 @@
-//! The packaged SmolLM2-135M-Instruct GGUF (Q4_1, dequantised at load) against transformers
-//! (tests/fixtures/smollm2_expected.json from make_model_goldens.py): tokenizer ids, the chat
-//! prompt, the prompt's top logits, and the greedy continuation on the CPU.
+//! The packaged SmolLM2-135M-Instruct GGUF (Q4_1 layers, a Q8_0 embedding; the CPU runs them
+//! quantised, `taskloom::quant`) against transformers (tests/fixtures/smollm2_expected.json from
+//! make_model_goldens.py): tokenizer ids, the chat prompt, the prompt's top logits, and the greedy
+//! continuation on the CPU.
 
 use taskloom::models::causal::CausalLm;
 use taskloom::models::generate::Sampling;
@@ -53,4 +54,29 @@ fn smollm2_batched_generation_equals_single() {
     assert_eq!(batch[0], ids(&want["greedy_ids"])[..6].to_vec(), "row 0 (the chat prompt) equals transformers' greedy ids");
     let alone = pollster::block_on(lm.generate(&plain, &s, |_, _| true)).unwrap();
     assert_eq!(batch[1], alone, "row 1 equals its own single-row run");
+}
+
+#[test]
+fn smollm2_quantised_weights_widen_to_the_dequantised_ones() {
+    // The quantised tensors the CPU runs hold exactly the values the f32 path loads, q/k rows
+    // unpermuted included, and really are quantised.
+    use taskloom::formats::gguf::{Gguf, GgufWeights};
+    use taskloom::models::Weights;
+    let Some(dir) = model_or_skip("smollm2 quantised", "smollm2") else { return };
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let quant = GgufWeights::new(Gguf::open(&path).unwrap()).unwrap().keep_quantized(true);
+    let wide = GgufWeights::new(Gguf::open(&path).unwrap()).unwrap();
+    for (name, dtype) in [
+        ("model.embed_tokens.weight", taskloom::DType::Q8_0),
+        ("model.layers.0.self_attn.q_proj.weight", taskloom::DType::Q4_1),
+        ("model.layers.3.self_attn.k_proj.weight", taskloom::DType::Q4_1),
+        ("model.layers.29.mlp.down_proj.weight", taskloom::DType::Q4_1),
+    ] {
+        let (q, w) = (quant.tensor(name).unwrap(), wide.tensor(name).unwrap());
+        assert_eq!(q.dtype(), dtype, "{name}");
+        assert_eq!(q.dims(), w.dims(), "{name}");
+        assert!(q.to_f32_vec() == w.as_f32().unwrap(), "{name}: widened values differ");
+    }
+    // Norms stay f32.
+    assert_eq!(quant.tensor("model.norm.weight").unwrap().dtype(), taskloom::DType::F32);
 }

@@ -17,6 +17,7 @@ pub(super) fn embedding(table: &Shape, data: &HostData, ids: &[u32]) -> Vec<f32>
             HostData::F32(t) => o.copy_from_slice(&t[r]),
             HostData::F16(t) => o.iter_mut().zip(&t[r]).for_each(|(o, x)| *o = x.to_f32()),
             HostData::BF16(t) => o.iter_mut().zip(&t[r]).for_each(|(o, x)| *o = x.to_f32()),
+            HostData::Quant(q) => q.row_into(id, o),
             _ => unreachable!("Op::infer checked the table dtype"),
         }
     }

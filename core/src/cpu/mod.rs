@@ -144,6 +144,11 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
     let x = |i: usize| f32s(inputs[i].1);
     let one = |v: Vec<f32>| Ok(vec![TensorData::f32(out_shape.dims(), v)?]);
     match *op {
+        Op::Matmul { .. } if matches!(inputs[1].1, HostData::Quant(_)) => {
+            let HostData::Quant(w) = inputs[1].1 else { unreachable!("matched above") };
+            let m = inputs[0].0.numel() / inputs[0].0.last().max(1);
+            one(crate::quant::matmul_t(x(0), m, w, inputs.get(2).map(|b| f32s(b.1))))
+        }
         Op::Matmul { trans_b } => {
             one(matmul::matmul(&inputs[0].0, x(0), &inputs[1].0, inputs[1].1, trans_b, inputs.get(2).map(|b| f32s(b.1))))
         }
@@ -172,6 +177,7 @@ fn run_views(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Vec<TensorData>> 
                 HostData::BF16(v) => HostData::BF16(embed::permute(v, &src.0, &perm)),
                 HostData::U32(v) => HostData::U32(embed::permute(v, &src.0, &perm)),
                 HostData::I32(v) => HostData::I32(embed::permute(v, &src.0, &perm)),
+                HostData::Quant(_) => unreachable!("Op::infer refuses quantised inputs here"),
             };
             Ok(vec![TensorData::new(out_shape.dims(), data)?])
         }

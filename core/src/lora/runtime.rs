@@ -219,7 +219,8 @@ fn refuse(dev: &Device, adapters: &[Arc<Adapter>], mix: &BTreeMap<usize, f32>, l
         let bt = dev.upload(&TensorData::f32(&[out, rt], bc)?)?;
         let at = dev.upload(&TensorData::f32(&[rt, inp], ac)?)?;
         let delta = dev.exec1(&Op::Matmul { trans_b: false }, &[&bt, &at])?;
-        l.w = dev.exec1(&Op::Add, &[&base, &delta])?;
+        // A quantised base (a GGUF on the CPU) is widened for the sum; `base` keeps the original.
+        l.w = dev.exec1(&Op::Add, &[&base.widened()?, &delta])?;
         l.base = Some(base);
     }
     Ok(())

@@ -95,7 +95,8 @@ impl CausalLm {
         let template = gguf.chat_template().ok();
         let name = |key: &str| gguf.get_u32(key).ok().and_then(|id| tokenizer.decode(&[id], false).ok());
         let (bos, eos) = (name("tokenizer.ggml.bos_token_id"), name("tokenizer.ggml.eos_token_id"));
-        let weights = GgufWeights::new(gguf)?;
+        // The CPU runs Q8_0 / Q4_0 / Q4_1 weights as they are (`crate::quant`); a GPU gets f32.
+        let weights = GgufWeights::new(gguf)?.keep_quantized(device.kind() == "cpu");
         CausalLm::from_parts(cfg, &Tracked::new(&weights, on_progress), tokenizer, template, bos, eos, device)
     }
 

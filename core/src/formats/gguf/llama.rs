@@ -74,6 +74,8 @@ pub struct GgufWeights {
     gguf: Gguf,
     n_head: usize,
     n_kv_head: usize,
+    /// Serve Q8_0 / Q4_0 / Q4_1 matrices as they are (a `QuantMatrix`) instead of widened to f32.
+    quantized: bool,
 }
 
 impl GgufWeights {
@@ -92,7 +94,44 @@ impl GgufWeights {
         if n_head == 0 || n_kv_head == 0 {
             return Err(gguf.bad("attention head count is 0".into()));
         }
-        Ok(GgufWeights { gguf, n_head, n_kv_head })
+        Ok(GgufWeights { gguf, n_head, n_kv_head, quantized: false })
+    }
+
+    /// Serve block-quantised 2-D tensors as [`crate::quant::QuantMatrix`] data (for the CPU,
+    /// which runs them as they are) rather than widened to f32.
+    pub fn keep_quantized(mut self, yes: bool) -> GgufWeights {
+        self.quantized = yes;
+        self
+    }
+
+    /// The tensor as a `QuantMatrix`, when it is a 2-D Q8_0 / Q4_0 / Q4_1 tensor.
+    fn quantized_tensor(&self, g: &str, heads: Option<usize>) -> Result<Option<TensorData>> {
+        use crate::formats::gguf::GgmlType;
+        let info = self.gguf.info(g)?;
+        let dtype = match info.ggml_type {
+            GgmlType::Q8_0 => crate::DType::Q8_0,
+            GgmlType::Q4_0 => crate::DType::Q4_0,
+            GgmlType::Q4_1 => crate::DType::Q4_1,
+            _ => return Ok(None),
+        };
+        let dims = info.shape();
+        let [rows, cols] = dims[..] else { return Ok(None) };
+        let bad = |e: Error| self.gguf.bad(format!("tensor '{g}': {e}"));
+        let mut q = crate::quant::QuantMatrix::from_ggml(dtype, rows, cols, self.gguf.bytes(g)?).map_err(bad)?;
+        if let Some(heads) = heads {
+            if heads == 0 || !rows.is_multiple_of(2 * heads) {
+                return Err(self.gguf.bad(format!("tensor '{g}': {rows} rows do not split into {heads} heads of rotary pairs")));
+            }
+            // HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (see `unpermute_rows`).
+            let (d, half) = (rows / heads, rows / heads / 2);
+            let src: Vec<usize> = (0..rows).map(|r| {
+                let (h, rest) = (r / d, r % d);
+                let (j, i) = (rest / half, rest % half);
+                h * d + 2 * i + j
+            }).collect();
+            q = q.permute_rows(&src);
+        }
+        Ok(Some(TensorData::new(&dims, crate::tensor::HostData::Quant(std::sync::Arc::new(q)))?))
     }
 
     pub fn gguf(&self) -> &Gguf {
@@ -111,12 +150,18 @@ impl Weights for GgufWeights {
         if !self.gguf.contains(&g) {
             return Err(missing());
         }
-        let t = self.gguf.tensor(&g)?;
         let heads = match g.rsplit('.').nth(1) {
-            Some("attn_q") => self.n_head,
-            Some("attn_k") => self.n_kv_head,
-            _ => return Ok(t),
+            Some("attn_q") => Some(self.n_head),
+            Some("attn_k") => Some(self.n_kv_head),
+            _ => None,
         };
+        if self.quantized {
+            if let Some(t) = self.quantized_tensor(&g, heads)? {
+                return Ok(t);
+            }
+        }
+        let t = self.gguf.tensor(&g)?;
+        let Some(heads) = heads else { return Ok(t) };
         let dims = t.dims().to_vec();
         let (rows, cols) = match dims[..] {
             [r] => (r, 1),
