@@ -177,7 +177,7 @@ print()
 rss = fig("taskloom_cli_run", "proc_peak_rss_mb")
 gg = float(os.environ["GGUF_MB"])
 if rss is not None:
-    print(f"taskloom run (CLI, GGUF, cpu): peak RSS {rss:.0f} MB = {rss/538:.2f}x the f32 dequantised weights (538 MB), "
+    print(f"taskloom run (CLI, GGUF, cpu): peak RSS {rss:.0f} MB = {rss/538:.2f}x the f32 weights (538 MB; the CPU now keeps Q4_1/Q8_0 as they are), "
           f"{rss/gg:.1f}x the GGUF file ({gg:.0f} MB); CLI prefill_ms={f(fig('taskloom_cli_run', 'prefill_ms'))} "
           f"decode_tok_s={f(fig('taskloom_cli_run', 'decode_tok_s'))} over {f(fig('taskloom_cli_run', 'generated'))} tokens (stops at EOS)")
 if fig(C, "peak_rss_mb") is not None:

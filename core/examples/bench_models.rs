@@ -332,7 +332,7 @@ fn smollm(args: &[String]) -> R<()> {
     let (pre, dec, gt, pps) = (median(pre), median(dec), median(gt), median(pps));
     let start = lm.tokenizer.decode(&out_ids[..12.min(out_ids.len())], true)?.replace('\n', " ").replace(' ', "_");
     println!(
-        "bench=smollm2_taskloom weights=gguf_q4_1_dequant_f32 threads={threads} prompt_tokens={p} new={new} runs={runs} \
+        "bench=smollm2_taskloom weights=gguf_q4_1_quantised_cpu threads={threads} prompt_tokens={p} new={new} runs={runs} \
          prefill_ms={:.1} prefill_tok_s={:.1} decode_tok_s={:.1} generate_tok_s={:.1} generate_tokens={gn} pp256_tok_s={:.1} \
          load_s={load_s:.2} {rss_loaded} peak_rss_mb={:.0} start={}",
         pre * 1e3,

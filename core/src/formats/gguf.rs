@@ -6,8 +6,9 @@
 //! `general.alignment`, tensor offsets aligned, in range and non-overlapping, a known ggml type
 //! whose block evenly divides each row. After that, slicing the data cannot fail.
 //!
-//! Quantised blocks are dequantised to f32 at load (see `ggml.rs`): the runtime has no quantised
-//! kernels yet, and a 135M-parameter model fits comfortably in f32. F32, F16, BF16, Q8_0, Q4_0
+//! [`Gguf::tensor`] dequantises blocks to f32 (see `ggml.rs`); [`GgufWeights::keep_quantized`]
+//! instead serves 2-D Q8_0 / Q4_0 / Q4_1 tensors as `crate::quant::QuantMatrix` data, which the
+//! CPU runs as it is (a model loaded on the CPU does this). F32, F16, BF16, Q8_0, Q4_0
 //! and Q4_1 load; other types (Q4_K, IQ*, ...) are listed, and loading one gives
 //! [`FileError::UnsupportedDType`] naming the tensor and the type.
 //!
