@@ -183,21 +183,22 @@ pub fn matmul_t(x: &[f32], m: usize, w: &QuantMatrix, bias: Option<&[f32]>) -> V
     out
 }
 
-/// Output columns per parallel task.
-const COLS_PER_TASK: usize = 64;
-
-/// Runs `f(first_col, cols)` over column blocks of `n`, in parallel natively.
+/// Runs `f(first_col, cols)` over column blocks of `n`, in parallel natively: about two blocks per
+/// thread (at least 64 columns each), so a decode step's many small matmuls pay little rayon
+/// overhead.
 fn for_col_blocks(n: usize, f: impl Fn(usize, usize) + Sync) {
-    let blocks = n.div_ceil(COLS_PER_TASK);
     #[cfg(not(target_arch = "wasm32"))]
-    if rayon::current_num_threads() > 1 && blocks > 1 {
-        use rayon::prelude::*;
-        (0..blocks).into_par_iter().for_each(|j| f(j * COLS_PER_TASK, COLS_PER_TASK.min(n - j * COLS_PER_TASK)));
-        return;
+    {
+        let threads = rayon::current_num_threads();
+        let per = n.div_ceil(2 * threads).max(64).div_ceil(16) * 16;
+        let blocks = n.div_ceil(per);
+        if threads > 1 && blocks > 1 {
+            use rayon::prelude::*;
+            (0..blocks).into_par_iter().for_each(|j| f(j * per, per.min(n - j * per)));
+            return;
+        }
     }
-    for j in 0..blocks {
-        f(j * COLS_PER_TASK, COLS_PER_TASK.min(n - j * COLS_PER_TASK));
-    }
+    f(0, n)
 }
 
 /// A raw output pointer shared by tasks that write disjoint elements.
@@ -413,17 +414,21 @@ unsafe fn gemv_kind<const Q8: bool, const M: usize>(x: &[f32], w: &QuantMatrix, 
 fn widen_gemm(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     let dst = Out(out.as_mut_ptr());
-    for_col_blocks(n, |c0, cols| {
-        let mut tile = vec![0.0f32; cols * k];
-        for (r, row) in tile.chunks_exact_mut(k.max(1)).enumerate().take(cols) {
-            w.row_into(c0 + r, row);
-        }
+    const TILE: usize = 64;
+    for_col_blocks(n, |first, count| {
+        let mut tile = vec![0.0f32; TILE * k];
         let dst = &dst;
-        // SAFETY: x [m, k] and tile [cols, k] (read as its transpose) are row-major slices of those
-        // sizes; the destination block is columns c0..c0+cols of the [m, n] output (row stride n),
-        // which no other task writes.
-        unsafe {
-            gemm::gemm(m, cols, k, dst.0.add(c0), 1, n as isize, false, x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+        for c0 in (first..first + count).step_by(TILE) {
+            let cols = TILE.min(first + count - c0);
+            for (r, row) in tile.chunks_exact_mut(k.max(1)).enumerate().take(cols) {
+                w.row_into(c0 + r, row);
+            }
+            // SAFETY: x [m, k] and tile [cols, k] (read as its transpose) are row-major slices of
+            // those sizes; the destination block is columns c0..c0+cols of the [m, n] output (row
+            // stride n), which no other task writes.
+            unsafe {
+                gemm::gemm(m, cols, k, dst.0.add(c0), 1, n as isize, false, x.as_ptr(), 1, k as isize, tile.as_ptr(), k as isize, 1, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
         }
     });
 }
