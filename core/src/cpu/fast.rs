@@ -6,6 +6,7 @@
 //! - Attention: per (batch, head) `S = scale·Q·Kᵀ` and `O = P·V` are two gemm calls; the masked
 //!   softmax between them is f32 with the polynomial `exp` below. (Batch, head) blocks run in
 //!   parallel natively.
+//! - LayerNorm / RMSNorm: f32 two-pass rows with f64-combined sums, rows in parallel.
 //! - Softmax, GELU (erf and tanh), SiLU, sigmoid: branch-free f32 formulas built on [`exp`], so
 //!   the loops vectorise (SSE/AVX natively, SIMD128 in wasm); long tensors split across threads.
 //!
@@ -137,6 +138,34 @@ pub(super) fn softmax(x: &[f32], n: usize) -> Vec<f32> {
         return out;
     }
     out.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, r)| softmax_row(r, o));
+    out
+}
+
+/// LayerNorm (`beta` given) or RMSNorm over rows of `gamma.len()`: mean and variance from f32
+/// sums over eight lanes combined in f64, two passes over the row (no E[x²] − E[x]² cancellation);
+/// rows in parallel natively.
+pub(super) fn norm(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> Vec<f32> {
+    let c = gamma.len();
+    let mut out = vec![0.0f32; x.len()];
+    if c == 0 {
+        return out;
+    }
+    let row = |(o, r): (&mut [f32], &[f32])| {
+        let mean = if beta.is_some() { (sum(r) / c as f64) as f32 } else { 0.0 };
+        o.iter_mut().zip(r).for_each(|(o, &v)| *o = (v - mean) * (v - mean));
+        let inv = (1.0 / (sum(o) / c as f64 + eps as f64).sqrt()) as f32;
+        match beta {
+            Some(b) => o.iter_mut().zip(r).zip(gamma.iter().zip(b)).for_each(|((o, &v), (&g, &b))| *o = (v - mean) * inv * g + b),
+            None => o.iter_mut().zip(r).zip(gamma).for_each(|((o, &v), &g)| *o = v * inv * g),
+        }
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    if x.len() >= 2 * CHUNK && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len((CHUNK / c).max(1)).for_each(row);
+        return out;
+    }
+    out.chunks_mut(c).zip(x.chunks(c)).for_each(row);
     out
 }
 

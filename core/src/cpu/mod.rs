@@ -117,7 +117,7 @@ fn u32s(d: &HostData) -> &[u32] {
 /// The device's fast f32 versions of the costly non-matmul ops ([`fast`]); `None`: the op runs
 /// as the oracle does.
 fn run_fast(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Option<Vec<TensorData>>> {
-    if !matches!(op, Op::Attention { .. } | Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid) {
+    if !matches!(op, Op::Attention { .. } | Op::Softmax | Op::Gelu(_) | Op::Silu | Op::Sigmoid | Op::LayerNorm { .. } | Op::RmsNorm { .. }) {
         return Ok(None);
     }
     let metas: Vec<_> = inputs.iter().map(|(s, d)| (*s, d.dtype())).collect();
@@ -129,6 +129,8 @@ fn run_fast(op: &Op, inputs: &[(Shape, &HostData)]) -> Result<Option<Vec<TensorD
             fast::attention(&inputs[0].0, x(0), &inputs[1].0, x(1), &inputs[2].0, x(2), mask, causal, scale)
         }
         Op::Softmax => fast::softmax(x(0), out_shape.last()),
+        Op::LayerNorm { eps } => fast::norm(x(0), x(1), Some(x(2)), eps),
+        Op::RmsNorm { eps } => fast::norm(x(0), x(1), None, eps),
         Op::Gelu(kind) => fast::gelu(x(0), kind),
         Op::Silu => fast::silu_all(x(0)),
         Op::Sigmoid => fast::sigmoid_all(x(0)),
