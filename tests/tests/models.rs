@@ -65,7 +65,7 @@ fn check_bert(dev: &Device) {
 }
 
 fn all(dev: &Device) {
-    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe", "qwen3-moe", "deepseek-v3"] {
+    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe", "qwen3-moe", "deepseek-v3", "deepseek-v3-plain"] {
         check_decoder(dev, name);
     }
     check_bert(dev);
