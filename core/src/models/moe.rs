@@ -120,6 +120,29 @@ fn stack(w: &dyn Weights, names: &[String], rows: usize, cols: usize) -> Result<
     TensorData::f32(&[names.len(), rows, cols], v)
 }
 
+/// The selection bias `[E]`, shifted so that every choice (score + bias, scores > 0) is positive when
+/// groups are limited. [`Op::MoeRoute`] sets the choices of the groups left out to 0 (DeepSeek's
+/// own code); transformers' `DeepseekV3TopkRouter` sets them to -inf. The two pick differently only
+/// when an eligible expert's choice is negative, which a negative bias allows. Adding one constant
+/// to every expert's bias changes no ranking (each group's score, the sum of its two best choices,
+/// moves by twice the constant) and no weight (weights read the scores), so shifting the bias by
+/// `-min(bias)` makes the op pick exactly as transformers does.
+fn selection_bias(dev: &Device, w: &dyn Weights, name: &str, e: usize, spec: MoeSpec) -> Result<Tensor> {
+    let t = w.tensor(name)?;
+    if t.dims() != [e] {
+        return Err(Error::File { file: w.origin(), kind: FileError::BadHeader(format!("tensor '{name}' has shape {:?}, the config implies [{e}]", t.dims())) });
+    }
+    let mut b = t.to_f32_vec();
+    if let Some(bad) = b.iter().find(|v| !v.is_finite()) {
+        return Err(Error::File { file: w.origin(), kind: FileError::BadHeader(format!("tensor '{name}' holds {bad}")) });
+    }
+    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+    if spec.groups > 1 && min < 0.0 {
+        b.iter_mut().for_each(|v| *v -= min);
+    }
+    dev.upload(&TensorData::f32(&[e], b)?)
+}
+
 impl SparseMoe {
     /// Reads either layout: fused `mlp.experts.gate_up_proj [E, 2F, C]` + `down_proj [E, C, F]`
     /// (transformers 5), or per-expert `block_sparse_moe.experts.N.w1/w3 [F, C]`, `w2 [C, F]`.
@@ -174,7 +197,7 @@ impl SparseMoe {
             None
         };
         let bias_name = format!("{layer}.mlp.gate.e_score_correction_bias");
-        let bias = if w.contains(&bias_name) { Some(load(dev, w, &bias_name, &[e])?) } else { None };
+        let bias = if w.contains(&bias_name) { Some(selection_bias(dev, w, &bias_name, e, spec)?) } else { None };
         let route = Op::MoeRoute {
             k,
             sigmoid: spec.sigmoid,
