@@ -19,7 +19,7 @@ after(async () => {
   await session?.close();
 });
 
-for (const name of ["llama", "mixtral", "qwen2-moe", "deepseek-v3"]) {
+for (const name of ["llama", "mixtral", "qwen2-moe", "deepseek-v3", "deepseek-v3-plain"]) {
   for (const device of ["webgpu", "cpu"]) {
     test(`browser: tiny ${name} on ${device} matches transformers`, { timeout: 120_000 }, async () => {
       const res = await page.evaluate(([n, d]) => window.taskloomLogits(n, d), [name, device]);

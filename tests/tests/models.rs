@@ -279,3 +279,19 @@ fn deepseek_missing_or_bad_config_is_a_typed_error() {
         assert!(e.to_string().contains(says) && e.to_string().contains("config.json"), "{key}: {e}");
     }
 }
+
+#[test]
+fn deepseek_load_reads_every_tensor_once() {
+    // MLA splits fused projections by rows at load; each checkpoint tensor is still read once, so
+    // load progress ends at exactly the file's tensor bytes (never past 100%).
+    use taskloom::models::{Progress, Tracked};
+    for name in ["deepseek-v3", "deepseek-v3-plain"] {
+        let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
+        let shards = DirFiles(dir(name)).weights().unwrap();
+        let last = std::cell::Cell::new(Progress { loaded: 0, total: 0 });
+        let on_progress = |p: Progress| last.set(p);
+        Llama::load(&Device::cpu(), cfg, &Tracked::new(&shards, &on_progress)).unwrap();
+        let p = last.get();
+        assert!(p.total > 0 && p.loaded == p.total, "{name}: progress {p:?}");
+    }
+}

@@ -91,11 +91,20 @@ fn pick(dev: &Device, m: &[f32], cols: usize, idx: &[usize], bias: bool) -> Resu
     dev.upload(&TensorData::f32(&shape, v)?)
 }
 
-/// A [`Proj`] of rows `idx` of weight `name` (`[rows, cols]`) and, with `bias`, of `name`'s bias.
-fn split(dev: &Device, w: &dyn Weights, prefix: &str, rows: usize, cols: usize, bias: bool, idx: &[usize]) -> Result<Proj> {
+/// Two [`Proj`]s from the weight `{prefix}.weight` (`[rows, cols]`, read once) and, with `bias`,
+/// `{prefix}.bias`: rows `a` and rows `b`.
+#[allow(clippy::too_many_arguments)]
+fn split(dev: &Device, w: &dyn Weights, prefix: &str, rows: usize, cols: usize, bias: bool, a: &[usize], b: &[usize]) -> Result<(Proj, Proj)> {
     let m = fetch(w, &format!("{prefix}.weight"), rows, cols)?;
-    let b = if bias { Some(pick(dev, &fetch(w, &format!("{prefix}.bias"), rows, 0)?, 1, idx, true)?) } else { None };
-    Ok(Proj { w: pick(dev, &m, cols, idx, false)?, b })
+    let bv = if bias { Some(fetch(w, &format!("{prefix}.bias"), rows, 0)?) } else { None };
+    let proj = |idx: &[usize]| -> Result<Proj> {
+        let b = match &bv {
+            Some(v) => Some(pick(dev, v, 1, idx, true)?),
+            None => None,
+        };
+        Ok(Proj { w: pick(dev, &m, cols, idx, false)?, b })
+    };
+    Ok((proj(a)?, proj(b)?))
 }
 
 impl Mla {
@@ -111,16 +120,16 @@ impl Mla {
         let q_nope: Vec<usize> = (0..h).flat_map(|i| (0..dn).map(move |j| i * dq + j)).collect();
         let q_rope: Vec<usize> = (0..h).flat_map(|i| rope.iter().map(move |&j| i * dq + dn + j)).collect();
         let q = match spec.q_rank {
-            None => Query::Full {
-                nope: split(dev, w, &format!("{p}.q_proj"), h * dq, c, false, &q_nope)?,
-                rope: split(dev, w, &format!("{p}.q_proj"), h * dq, c, false, &q_rope)?,
-            },
-            Some(rq) => Query::LowRank {
-                a: Linear::load(dev, w, &format!("{p}.q_a_proj"), c, rq, bias)?,
-                norm: Norm { gamma: crate::models::load(dev, w, &format!("{p}.q_a_layernorm.weight"), &[rq])?, beta: None, eps: LATENT_NORM_EPS },
-                nope: split(dev, w, &format!("{p}.q_b_proj"), h * dq, rq, false, &q_nope)?,
-                rope: split(dev, w, &format!("{p}.q_b_proj"), h * dq, rq, false, &q_rope)?,
-            },
+            None => {
+                let (nope, rope) = split(dev, w, &format!("{p}.q_proj"), h * dq, c, false, &q_nope, &q_rope)?;
+                Query::Full { nope, rope }
+            }
+            Some(rq) => {
+                let a = Linear::load(dev, w, &format!("{p}.q_a_proj"), c, rq, bias)?;
+                let gamma = crate::models::load(dev, w, &format!("{p}.q_a_layernorm.weight"), &[rq])?;
+                let (nope, rope) = split(dev, w, &format!("{p}.q_b_proj"), h * dq, rq, false, &q_nope, &q_rope)?;
+                Query::LowRank { a, norm: Norm { gamma, beta: None, eps: LATENT_NORM_EPS }, nope, rope }
+            }
         };
         let kv_a = format!("{p}.kv_a_proj_with_mqa");
         let latent_rows: Vec<usize> = (0..rkv).collect();
@@ -129,13 +138,16 @@ impl Mla {
         let kvb = dn + dv;
         let k_rows: Vec<usize> = (0..h).flat_map(|i| (0..dn).map(move |j| i * kvb + j)).collect();
         let v_rows: Vec<usize> = (0..h).flat_map(|i| (dn..kvb).map(move |j| i * kvb + j)).collect();
+        let (latent, k_rope) = split(dev, w, &kv_a, rkv + dr, c, bias, &latent_rows, &k_rope_rows)?;
+        let kv_gamma = crate::models::load(dev, w, &format!("{p}.kv_a_layernorm.weight"), &[rkv])?;
+        let (k_nope, v) = split(dev, w, &format!("{p}.kv_b_proj"), h * kvb, rkv, false, &k_rows, &v_rows)?;
         Ok(Mla {
             q,
-            latent: split(dev, w, &kv_a, rkv + dr, c, bias, &latent_rows)?,
-            k_rope: split(dev, w, &kv_a, rkv + dr, c, bias, &k_rope_rows)?,
-            kv_norm: Norm { gamma: crate::models::load(dev, w, &format!("{p}.kv_a_layernorm.weight"), &[rkv])?, beta: None, eps: LATENT_NORM_EPS },
-            k_nope: split(dev, w, &format!("{p}.kv_b_proj"), h * kvb, rkv, false, &k_rows)?,
-            v: split(dev, w, &format!("{p}.kv_b_proj"), h * kvb, rkv, false, &v_rows)?,
+            latent,
+            k_rope,
+            kv_norm: Norm { gamma: kv_gamma, beta: None, eps: LATENT_NORM_EPS },
+            k_nope,
+            v,
             o: Linear::load(dev, w, &format!("{p}.o_proj"), h * dv, c, bias)?,
             rope_op: Op::Rope { theta },
             spec,
