@@ -1,4 +1,4 @@
-// Tiny transformers-made decoders (dense Llama, sparse Mixtral MoE) loaded by URL through the packed
+// Tiny transformers-made decoders (dense Llama, sparse Mixtral / Qwen2-MoE, DeepSeek-V3 MLA + MoE) loaded by URL through the packed
 // npm package in headless Chromium, on WebGPU and on the wasm CPU path: logits within 1e-4 of
 // transformers' (tests/fixtures/tiny/*/expected.json). WebGPU never skips silently.
 
@@ -19,7 +19,7 @@ after(async () => {
   await session?.close();
 });
 
-for (const name of ["llama", "mixtral", "qwen2-moe"]) {
+for (const name of ["llama", "mixtral", "qwen2-moe", "deepseek-v3", "deepseek-v3-plain"]) {
   for (const device of ["webgpu", "cpu"]) {
     test(`browser: tiny ${name} on ${device} matches transformers`, { timeout: 120_000 }, async () => {
       const res = await page.evaluate(([n, d]) => window.taskloomLogits(n, d), [name, device]);

@@ -1,13 +1,15 @@
 //! Tiny random Hugging Face models (tests/fixtures/tiny, made by make_tiny_models.py with
 //! transformers): our forward passes equal transformers' within 1e-4 on the CPU and the GPU, and
-//! KV-cached greedy decoding gives transformers' greedy tokens.
+//! KV-cached greedy decoding gives transformers' greedy tokens. DeepSeek-V3 (MLA attention,
+//! group-limited sigmoid routing with a selection bias, shared experts) is one of them.
 
 use taskloom::models::bert::{Bert, EncoderInput};
 use taskloom::models::config::ModelConfig;
 use taskloom::models::generate::argmax;
 use taskloom::models::hf::{DirFiles, Files};
 use taskloom::models::llama::Llama;
-use taskloom::Device;
+use taskloom::models::Weights;
+use taskloom::{Device, TensorData};
 use taskloom_tests::{first_violation, fixture_json, gpu_or_skip};
 
 fn dir(name: &str) -> std::path::PathBuf {
@@ -63,7 +65,7 @@ fn check_bert(dev: &Device) {
 }
 
 fn all(dev: &Device) {
-    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe", "qwen3-moe"] {
+    for name in ["llama", "llama-untied", "qwen2", "mixtral", "mixtral-fused", "qwen2-moe", "qwen3-moe", "deepseek-v3", "deepseek-v3-plain"] {
         check_decoder(dev, name);
     }
     check_bert(dev);
@@ -133,7 +135,7 @@ fn batched_prompts_with_padding_equal_single_runs() {
     let mut devices = vec![Device::cpu()];
     devices.extend(gpu_or_skip("batched prompts"));
     for dev in &devices {
-        for name in ["llama", "mixtral"] {
+        for name in ["llama", "mixtral", "deepseek-v3"] {
             let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
             let v = cfg.vocab_size;
             let model = Llama::load(dev, cfg, &DirFiles(dir(name)).weights().unwrap()).unwrap();
@@ -168,5 +170,128 @@ fn batched_prompts_with_padding_equal_single_runs() {
                 next = (0..2).map(|r| argmax(&l[r * v..(r + 1) * v])).collect();
             }
         }
+    }
+}
+
+/// A weights source that hides some tensors and serves zero tensors of given shapes under other
+/// names (a model variant without new fixture files).
+struct Edited<'a> {
+    inner: &'a dyn Weights,
+    hide: Vec<String>,
+    zeros: Vec<(String, Vec<usize>)>,
+}
+
+impl Weights for Edited<'_> {
+    fn tensor(&self, name: &str) -> taskloom::Result<TensorData> {
+        if let Some((_, dims)) = self.zeros.iter().find(|(n, _)| n == name) {
+            return TensorData::f32(dims, vec![0.0; dims.iter().product()]);
+        }
+        if self.hide.iter().any(|h| h == name) {
+            return Err(taskloom::Error::File { file: self.origin(), kind: taskloom::FileError::MissingTensor(name.to_string()) });
+        }
+        self.inner.tensor(name)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.zeros.iter().any(|(n, _)| n == name) || (!self.hide.iter().any(|h| h == name) && self.inner.contains(name))
+    }
+    fn origin(&self) -> String {
+        self.inner.origin()
+    }
+}
+
+#[test]
+fn deepseek_moe_layer_dispatches() {
+    // The DeepSeek fixture against itself with its two MoE layers made dense (zero dense MLP
+    // weights, first_k_dense_replace = 3): the difference is 2 x (MoE layer - dense MLP).
+    // MoE layer, prefill of 8 tokens (top-2 of 8 experts = 2 picks per expert: bucketed): router
+    // matmul, routing (sigmoid, bias, groups, scale: one MoeRoute), bucketing, 3 grouped expert
+    // matmuls, SiLU, mul, weighted sum = 9, plus the ungated shared experts: gate, SiLU, up, mul,
+    // down, add = 6; 15 in all. Decoding one token (2 picks: per-pick ExpertMatmuls, no
+    // bucketing): 14. The dense MLP is 5. Nothing is read back during `forward`.
+    let Some(dev) = gpu_or_skip("deepseek dispatches") else { return };
+    let Device::Gpu(g) = &dev else { unreachable!() };
+    let shards = DirFiles(dir("deepseek-v3")).weights().unwrap();
+    let count = |dense: bool| {
+        let ModelConfig::Llama(mut cfg) = config("deepseek-v3") else { unreachable!() };
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut zeros = Vec::new();
+        if dense {
+            cfg.first_k_dense_replace = Some(cfg.num_hidden_layers);
+            for l in 1..cfg.num_hidden_layers {
+                for (n, dims) in [("gate_proj", [f, c]), ("up_proj", [f, c]), ("down_proj", [c, f])] {
+                    zeros.push((format!("model.layers.{l}.mlp.{n}.weight"), dims.to_vec()));
+                }
+            }
+        }
+        let w = Edited { inner: &shards, hide: Vec::new(), zeros };
+        let model = Llama::load(&dev, cfg, &w).unwrap();
+        let mut cache = model.new_cache();
+        let before = g.dispatch_count();
+        let logits = model.forward(&dev, &[1, 2, 3, 4, 5, 6, 7, 8], &mut cache, true).unwrap();
+        let prefill = g.dispatch_count() - before;
+        pollster::block_on(dev.download(&logits)).unwrap();
+        let before = g.dispatch_count();
+        let logits = model.forward(&dev, &[9], &mut cache, false).unwrap();
+        let decode = g.dispatch_count() - before;
+        pollster::block_on(dev.download(&logits)).unwrap();
+        (prefill, decode)
+    };
+    let ((mp, md), (dp, dd)) = (count(false), count(true));
+    assert_eq!(mp - dp, 2 * (15 - 5), "prefill");
+    assert_eq!(md - dd, 2 * (14 - 5), "decode");
+}
+
+#[test]
+fn deepseek_missing_or_bad_config_is_a_typed_error() {
+    let shards = DirFiles(dir("deepseek-v3")).weights().unwrap();
+    for name in [
+        "model.layers.1.self_attn.kv_b_proj.weight",
+        "model.layers.0.self_attn.q_a_layernorm.weight",
+        "model.layers.2.self_attn.kv_a_proj_with_mqa.weight",
+        "model.layers.2.mlp.gate.weight",
+        "model.layers.1.mlp.shared_experts.down_proj.weight",
+    ] {
+        let ModelConfig::Llama(cfg) = config("deepseek-v3") else { unreachable!() };
+        let w = Edited { inner: &shards, hide: vec![name.to_string()], zeros: Vec::new() };
+        let e = Llama::load(&Device::cpu(), cfg, &w).err().unwrap_or_else(|| panic!("{name} missing: loaded anyway"));
+        assert!(matches!(e, taskloom::Error::File { .. }) && e.to_string().contains(name), "{name}: {e}");
+    }
+    // A config without the bottleneck wants q_proj, and says so.
+    let json = std::fs::read_to_string(dir("deepseek-v3").join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["q_lora_rank"] = serde_json::Value::Null;
+    let ModelConfig::Llama(cfg) = ModelConfig::parse("config.json", &v.to_string()).unwrap() else { unreachable!() };
+    let e = Llama::load(&Device::cpu(), cfg, &shards).err().expect("no q_proj in the file");
+    assert!(e.to_string().contains("model.layers.0.self_attn.q_proj.weight"), "{e}");
+    // Config problems: scaled RoPE (yarn), an unsupported MoE layer frequency, MLA with kv heads
+    // != heads, an impossible group split.
+    let edits: [(&str, serde_json::Value, &str); 5] = [
+        ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 40.0, "rope_theta": 10000.0}), "yarn"),
+        ("rope_scaling", serde_json::json!({"type": "yarn", "factor": 40.0}), "yarn"),
+        ("moe_layer_freq", serde_json::json!(2), "moe_layer_freq"),
+        ("num_key_value_heads", serde_json::json!(2), "num_key_value_heads"),
+        ("n_group", serde_json::json!(3), "groups"),
+    ];
+    for (key, val, says) in edits {
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v[key] = val;
+        let e = ModelConfig::parse("config.json", &v.to_string()).err().unwrap_or_else(|| panic!("{key}: accepted"));
+        assert!(e.to_string().contains(says) && e.to_string().contains("config.json"), "{key}: {e}");
+    }
+}
+
+#[test]
+fn deepseek_load_reads_every_tensor_once() {
+    // MLA splits fused projections by rows at load; each checkpoint tensor is still read once, so
+    // load progress ends at exactly the file's tensor bytes (never past 100%).
+    use taskloom::models::{Progress, Tracked};
+    for name in ["deepseek-v3", "deepseek-v3-plain"] {
+        let ModelConfig::Llama(cfg) = config(name) else { unreachable!() };
+        let shards = DirFiles(dir(name)).weights().unwrap();
+        let last = std::cell::Cell::new(Progress { loaded: 0, total: 0 });
+        let on_progress = |p: Progress| last.set(p);
+        Llama::load(&Device::cpu(), cfg, &Tracked::new(&shards, &on_progress)).unwrap();
+        let p = last.get();
+        assert!(p.total > 0 && p.loaded == p.total, "{name}: progress {p:?}");
     }
 }

@@ -112,6 +112,55 @@ pub struct LlamaConfig {
     /// architecture, not read from the file.
     #[serde(skip)]
     pub qk_norm: bool,
+    /// DeepSeek-V3 (`DeepseekV3ForCausalLM`): Multi-head Latent Attention, the first
+    /// `first_k_dense_replace` layers dense and the rest DeepSeek MoE. Set from the architecture.
+    #[serde(skip)]
+    pub deepseek: bool,
+    /// DeepSeek MLA: the query's low-rank bottleneck (`None`: a plain `q_proj`).
+    #[serde(default)]
+    pub q_lora_rank: Option<usize>,
+    /// DeepSeek MLA: width of the compressed key/value latent.
+    #[serde(default)]
+    pub kv_lora_rank: Option<usize>,
+    /// DeepSeek MLA: per-head query/key width without position (`nope`) and with RoPE (`rope`,
+    /// one RoPE key shared by all heads), and the value width.
+    #[serde(default)]
+    pub qk_nope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub qk_rope_head_dim: Option<usize>,
+    #[serde(default)]
+    pub v_head_dim: Option<usize>,
+    /// DeepSeek: the RoPE dimensions come in interleaved pairs (x0, x1), (x2, x3), ... (default).
+    #[serde(default)]
+    pub rope_interleave: Option<bool>,
+    /// DeepSeek: always-on experts, each `moe_intermediate_size` wide, summed with no gate.
+    #[serde(default)]
+    pub n_shared_experts: Option<usize>,
+    /// DeepSeek: this many leading layers keep a dense MLP.
+    #[serde(default)]
+    pub first_k_dense_replace: Option<usize>,
+    /// DeepSeek's own code: every `moe_layer_freq`-th layer is MoE (transformers ignores it; only 1
+    /// is accepted).
+    #[serde(default)]
+    pub moe_layer_freq: Option<usize>,
+    /// Older spelling of `rope_parameters` (scaled RoPE variants); only checked, see [`LlamaConfig::mla`].
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+/// The Multi-head Latent Attention shape of a DeepSeek layer (see [`super::llama`]'s `mla`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MlaSpec {
+    /// Query bottleneck rank (`None`: `q_proj` straight from the hidden state).
+    pub q_rank: Option<usize>,
+    /// Compressed key/value latent width.
+    pub kv_rank: usize,
+    /// Per-head query/key width without RoPE, with RoPE, and value width.
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+    /// RoPE dimensions stored as interleaved pairs (undone at load: rows permuted to rotate-half).
+    pub interleave: bool,
 }
 
 /// The sparse-MoE shape of one layer's MLP, when it has one.
@@ -131,6 +180,9 @@ pub struct MoeSpec {
     pub topk_group: usize,
     /// Routing weights are multiplied by this.
     pub scale: f32,
+    /// The shared expert sits behind a sigmoid gate (`mlp.shared_expert` + `shared_expert_gate`,
+    /// Qwen2-MoE) rather than being added as is (`mlp.shared_experts`, DeepSeek).
+    pub shared_gate: bool,
 }
 
 fn llama_eps() -> f32 {
@@ -152,6 +204,25 @@ impl LlamaConfig {
         if self.mlp_only_layers.contains(&i) || !(i + 1).is_multiple_of(step) {
             return None;
         }
+        if self.deepseek {
+            // Filled in by `ModelConfig::parse` with transformers' defaults where the file is silent.
+            if i < self.first_k_dense_replace.unwrap_or(0) {
+                return None;
+            }
+            let width = self.moe_intermediate_size.unwrap_or(self.intermediate_size);
+            return Some(MoeSpec {
+                experts: e,
+                k: self.num_experts_per_tok.unwrap_or(8),
+                width,
+                norm_topk: self.norm_topk_prob.unwrap_or(true),
+                shared_width: width * self.n_shared_experts.unwrap_or(0),
+                sigmoid: true,
+                groups: self.n_group.unwrap_or(1).max(1),
+                topk_group: self.topk_group.unwrap_or(1).max(1),
+                scale: self.routed_scaling_factor.unwrap_or(1.0),
+                shared_gate: false,
+            });
+        }
         Some(MoeSpec {
             experts: e,
             k: self.num_experts_per_tok.unwrap_or(2),
@@ -163,6 +234,22 @@ impl LlamaConfig {
             groups: self.n_group.unwrap_or(1).max(1),
             topk_group: self.topk_group.unwrap_or(1).max(1),
             scale: self.routed_scaling_factor.unwrap_or(1.0),
+            shared_gate: true,
+        })
+    }
+
+    /// DeepSeek's Multi-head Latent Attention dims, or `None` for grouped-query attention.
+    pub fn mla(&self) -> Option<MlaSpec> {
+        if !self.deepseek {
+            return None;
+        }
+        Some(MlaSpec {
+            q_rank: self.q_lora_rank,
+            kv_rank: self.kv_lora_rank.unwrap_or(512),
+            nope: self.qk_nope_head_dim.unwrap_or(128),
+            rope: self.qk_rope_head_dim.unwrap_or(64),
+            v: self.v_head_dim.unwrap_or(128),
+            interleave: self.rope_interleave.unwrap_or(true),
         })
     }
 
@@ -263,6 +350,7 @@ impl ModelConfig {
                 }
                 ModelConfig::Llama(c)
             }
+            ("DeepseekV3ForCausalLM", _) | ("", "deepseek_v3") => ModelConfig::Llama(deepseek(file, json)?),
             _ => {
                 return Err(Error::InvalidParam {
                     op: "config",
@@ -272,4 +360,61 @@ impl ModelConfig {
         };
         Ok(cfg)
     }
+}
+
+/// A `DeepseekV3ForCausalLM` config: transformers' defaults for the DeepSeek keys the file leaves
+/// out, then the checks that keep MLA and the group-limited router well defined. Scaled RoPE
+/// (`rope_type` other than "default", e.g. yarn with its attention `mscale`) is not implemented and
+/// is refused rather than run differently.
+fn deepseek(file: &str, json: &str) -> Result<LlamaConfig> {
+    let bad_header = |m: String| Error::File { file: file.into(), kind: FileError::BadHeader(m) };
+    let unsupported = |m: String| Error::InvalidParam { op: "config", reason: format!("{file}: {m}") };
+    let mut c: LlamaConfig = serde_json::from_str(json).map_err(|e| bad_header(e.to_string()))?;
+    let raw: serde_json::Value = serde_json::from_str(json).map_err(|e| bad_header(e.to_string()))?;
+    let absent = |k: &str| raw.get(k).is_none();
+    c.deepseek = true;
+    // DeepseekV3Config's defaults (an explicit null q_lora_rank means "no bottleneck").
+    if absent("q_lora_rank") {
+        c.q_lora_rank = Some(1536);
+    }
+    c.n_routed_experts = c.n_routed_experts.or(Some(256));
+    c.num_experts_per_tok = c.num_experts_per_tok.or(Some(8));
+    c.moe_intermediate_size = c.moe_intermediate_size.or(Some(2048));
+    c.n_shared_experts = c.n_shared_experts.or(Some(1));
+    c.n_group = c.n_group.or(Some(8));
+    c.topk_group = c.topk_group.or(Some(4));
+    c.norm_topk_prob = c.norm_topk_prob.or(Some(true));
+    c.routed_scaling_factor = c.routed_scaling_factor.or(Some(2.5));
+    c.first_k_dense_replace = c.first_k_dense_replace.or(Some(3));
+    c.attention_bias = c.attention_bias.or(Some(false));
+    if c.hidden_act != "silu" {
+        return Err(unsupported(format!("hidden_act '{}' is not supported", c.hidden_act)));
+    }
+    if let Some(f) = c.moe_layer_freq.filter(|&f| f != 1) {
+        return Err(unsupported(format!("moe_layer_freq {f} is not supported (transformers ignores it; only 1 is)")));
+    }
+    for p in [&c.rope_parameters, &c.rope_scaling].into_iter().flatten() {
+        let kind = p.get("rope_type").or(p.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        if kind != "default" {
+            return Err(unsupported(format!("rope_type '{kind}' (scaled RoPE) is not supported for DeepSeek-V3")));
+        }
+    }
+    let m = c.mla().expect("deepseek is set");
+    let h = c.num_attention_heads;
+    if h == 0 || c.kv_heads() != h {
+        return Err(bad_header(format!("MLA needs num_key_value_heads = num_attention_heads, got {} and {h}", c.kv_heads())));
+    }
+    if m.kv_rank == 0 || m.q_rank == Some(0) || m.v == 0 || m.nope + m.rope == 0 || !m.rope.is_multiple_of(2) {
+        return Err(bad_header(format!("MLA dims {m:?}: ranks and widths must be positive and the RoPE width even")));
+    }
+    let (e, k) = (c.n_routed_experts.unwrap_or(0), c.num_experts_per_tok.unwrap_or(0));
+    let (g, tg) = (c.n_group.unwrap_or(1), c.topk_group.unwrap_or(1));
+    // Each group's score is the sum of its two best experts, and the k picks must fit in the
+    // eligible groups.
+    if e == 0 || g == 0 || !e.is_multiple_of(g) || e / g < 2 || tg == 0 || tg > g || k == 0 || k > tg * (e / g) {
+        return Err(bad_header(format!(
+            "routing: {e} experts in {g} groups of at least 2, {tg} groups eligible, {k} picks: not a valid DeepSeek router"
+        )));
+    }
+    Ok(c)
 }

@@ -1,8 +1,11 @@
-//! Llama-family decoder (Llama, Mistral, Qwen2, SmolLM, Mixtral): RMSNorm → GQA self-attention with
-//! RoPE and a KV cache → RMSNorm → SiLU-gated MLP or sparse MoE, residuals around both; tied or
-//! separate `lm_head`.
+//! Llama-family decoder (Llama, Mistral, Qwen2, SmolLM, Mixtral, DeepSeek-V3): RMSNorm → GQA
+//! self-attention with RoPE (or DeepSeek's Multi-head Latent Attention, [`mla`]) and a KV cache →
+//! RMSNorm → SiLU-gated MLP or sparse MoE, residuals around both; tied or separate `lm_head`.
 //!
-//! Shapes: T new tokens, S cached + new tokens, C hidden, Hq/Hkv heads, D head dim, F MLP, V vocab.
+//! Shapes: T new tokens, S cached + new tokens, C hidden, Hq/Hkv heads, D head dim (Dk for keys,
+//! Dv for values: they differ under MLA), F MLP, V vocab.
+
+mod mla;
 
 use super::config::LlamaConfig;
 use super::moe::SparseMoe;
@@ -14,15 +17,34 @@ use crate::lora::runtime::{LoraHost, LoraSet, Mix, RowSel};
 use crate::tensor::{Tensor, TensorData};
 
 struct Layer {
-    ln1: Norm,     // [C] RMSNorm
-    q: Linear,     // [Hq*D, C]
-    k: Linear,     // [Hkv*D, C]
-    v: Linear,     // [Hkv*D, C]
-    o: Linear,     // [C, Hq*D]
-    /// Qwen3: per-head RMSNorm of q and k ([D] each).
-    qk_norm: Option<(Norm, Norm)>,
-    ln2: Norm,     // [C]
+    ln1: Norm, // [C] RMSNorm
+    attn: Attn,
+    ln2: Norm, // [C]
     mlp: Mlp,
+}
+
+#[allow(clippy::large_enum_variant)] // one per layer, never moved after load
+enum Attn {
+    /// Grouped-query attention.
+    Gqa {
+        q: Linear, // [Hq*D, C]
+        k: Linear, // [Hkv*D, C]
+        v: Linear, // [Hkv*D, C]
+        o: Linear, // [C, Hq*D]
+        /// Qwen3: per-head RMSNorm of q and k ([D] each).
+        qk_norm: Option<(Norm, Norm)>,
+    },
+    /// DeepSeek's Multi-head Latent Attention.
+    Mla(mla::Mla),
+}
+
+impl Attn {
+    fn o(&self) -> &Linear {
+        match self {
+            Attn::Gqa { o, .. } => o,
+            Attn::Mla(m) => &m.o,
+        }
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // one per layer, never moved after load
@@ -58,7 +80,8 @@ pub struct Llama {
     pub lora: LoraSet,
 }
 
-/// Keys and values of every layer so far: `[1, Hkv, S, D]` each.
+/// Keys and values of every layer so far: `[B, Hkv, S, Dk]` and `[B, Hkv, S, Dv]` (MLA: the
+/// expanded per-head keys and values, not the latent).
 /// For a batch, rows are left-padded to a common length: `mask [B, S]` marks real tokens and
 /// `next_pos[b]` is row b's next position (its count of real tokens so far).
 pub struct KvCache {
@@ -82,17 +105,23 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let attn = match cfg.mla() {
+                Some(spec) => Attn::Mla(mla::Mla::load(dev, w, &p, c, hq, spec, cfg.theta(), bias)?),
+                None => Attn::Gqa {
+                    q: Linear::load(dev, w, &format!("{p}.self_attn.q_proj"), c, hq * d, bias)?,
+                    k: Linear::load(dev, w, &format!("{p}.self_attn.k_proj"), c, hkv * d, bias)?,
+                    v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
+                    o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
+                    qk_norm: if cfg.qk_norm {
+                        Some((rms(dev, w, &format!("{p}.self_attn.q_norm.weight"), d, eps)?, rms(dev, w, &format!("{p}.self_attn.k_norm.weight"), d, eps)?))
+                    } else {
+                        None
+                    },
+                },
+            };
             layers.push(Layer {
                 ln1: rms(dev, w, &format!("{p}.input_layernorm.weight"), c, eps)?,
-                q: Linear::load(dev, w, &format!("{p}.self_attn.q_proj"), c, hq * d, bias)?,
-                k: Linear::load(dev, w, &format!("{p}.self_attn.k_proj"), c, hkv * d, bias)?,
-                v: Linear::load(dev, w, &format!("{p}.self_attn.v_proj"), c, hkv * d, bias)?,
-                o: Linear::load(dev, w, &format!("{p}.self_attn.o_proj"), hq * d, c, false)?,
-                qk_norm: if cfg.qk_norm {
-                    Some((rms(dev, w, &format!("{p}.self_attn.q_norm.weight"), d, eps)?, rms(dev, w, &format!("{p}.self_attn.k_norm.weight"), d, eps)?))
-                } else {
-                    None
-                },
+                attn,
                 ln2: rms(dev, w, &format!("{p}.post_attention_layernorm.weight"), c, eps)?,
                 mlp: match cfg.moe(i) {
                     Some(spec) => Mlp::Sparse(SparseMoe::load(dev, w, &p, c, spec)?),
@@ -171,33 +200,44 @@ impl Llama {
         let mask_t = dev.upload(&TensorData::u32(&[b, s_old + t], cache.mask.clone())?)?;
         let rope = Op::Rope { theta: self.cfg.theta() };
         let to_heads = Op::Permute { perm: [0, 2, 1, 3] };
-        let attn = Op::Attention { causal: true, scale: 1.0 / (d as f32).sqrt() };
+        let gqa = Op::Attention { causal: true, scale: 1.0 / (d as f32).sqrt() };
+        // MLA broadcasts its shared RoPE key to the heads with one gather per layer; the ids are shared.
+        let bcast = if self.cfg.mla().is_some() { Some(mla::Mla::broadcast_ids(dev, b, hq, t)?) } else { None };
 
         let sel = self.lora.row_sel(dev, mixes, b, t)?;
         let sel = sel.as_ref();
         let mut x = dev.exec1(&Op::Embedding, &[&self.embed, &ids_t])?; // [B*T, C]
         for (l, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = l.ln1.forward(dev, &x)?;
-            let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[b, t, n, d])?]);
-            let (mut q, mut k) = (l.q.forward(dev, &h, sel)?, l.k.forward(dev, &h, sel)?);
-            if let Some((qn, kn)) = &l.qk_norm {
-                // RMSNorm over each head's D values: rows of [B*T*H, D].
-                q = qn.forward(dev, &q.reshape(&[b * t * hq, d])?)?;
-                k = kn.forward(dev, &k.reshape(&[b * t * hkv, d])?)?;
-            }
-            let q = dev.exec1(&rope, &[&heads(q, hq)?, &pos])?;
-            let k = dev.exec1(&rope, &[&heads(k, hkv)?, &pos])?;
-            let v = heads(l.v.forward(dev, &h, sel)?, hkv)?;
+            let (q, k, v, attn, dv) = match &l.attn {
+                Attn::Gqa { q, k, v, qk_norm, .. } => {
+                    let heads = |y: Tensor, n: usize| dev.exec1(&to_heads, &[&y.reshape(&[b, t, n, d])?]);
+                    let (mut q, mut k) = (q.forward(dev, &h, sel)?, k.forward(dev, &h, sel)?);
+                    if let Some((qn, kn)) = qk_norm {
+                        // RMSNorm over each head's D values: rows of [B*T*H, D].
+                        q = qn.forward(dev, &q.reshape(&[b * t * hq, d])?)?;
+                        k = kn.forward(dev, &k.reshape(&[b * t * hkv, d])?)?;
+                    }
+                    let q = dev.exec1(&rope, &[&heads(q, hq)?, &pos])?;
+                    let k = dev.exec1(&rope, &[&heads(k, hkv)?, &pos])?;
+                    (q, k, heads(v.forward(dev, &h, sel)?, hkv)?, gqa, d)
+                }
+                Attn::Mla(m) => {
+                    let bcast = bcast.as_ref().expect("uploaded for MLA models");
+                    let (q, k, v) = m.qkv(dev, &h, b, t, &pos, bcast, sel)?;
+                    (q, k, v, Op::Attention { causal: true, scale: m.scale() }, m.value_dim())
+                }
+            };
             let (k, v) = match slot.take() {
                 None => (k, v),
                 Some((ck, cv)) => {
                     (dev.exec1(&Op::Concat { axis: 2 }, &[&ck, &k])?, dev.exec1(&Op::Concat { axis: 2 }, &[&cv, &v])?)
                 }
             };
-            let a = dev.exec1(&attn, &[&q, &k, &v, &mask_t])?; // [B, Hq, T, D]
+            let a = dev.exec1(&attn, &[&q, &k, &v, &mask_t])?; // [B, Hq, T, Dv]
             *slot = Some((k, v));
-            let a = dev.exec1(&to_heads, &[&a])?.reshape(&[b * t, hq * d])?;
-            x = dev.exec1(&Op::Add, &[&x, &l.o.forward(dev, &a, sel)?])?;
+            let a = dev.exec1(&to_heads, &[&a])?.reshape(&[b * t, hq * dv])?;
+            x = dev.exec1(&Op::Add, &[&x, &l.attn.o().forward(dev, &a, sel)?])?;
             let h = l.ln2.forward(dev, &x)?;
             x = dev.exec1(&Op::Add, &[&x, &l.mlp.forward(dev, &h, sel)?])?;
         }
@@ -259,7 +299,10 @@ impl LoraHost for Llama {
     fn lora_parts(&mut self) -> (&mut LoraSet, Vec<&mut super::Linear>) {
         let mut v = Vec::new();
         for l in &mut self.layers {
-            v.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o]);
+            match &mut l.attn {
+                Attn::Gqa { q, k, v: vp, o, .. } => v.extend([q, k, vp, o]),
+                Attn::Mla(m) => v.extend(m.linears()),
+            }
             if let Mlp::Dense { gate, up, down } = &mut l.mlp {
                 v.extend([gate, up, down]);
             }

@@ -1,7 +1,8 @@
-//! Sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE): router → softmax → top-k (→ renormalised)
-//! → SiLU-gated experts → weighted sum, plus Qwen2-MoE's shared expert behind a sigmoid gate.
-//! DeepSeek-style routing (sigmoid scores, a selection-only bias, group-limited top-k, a scaling
-//! factor) is the same op, configured.
+//! Sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, DeepSeek-V3): router → softmax → top-k (→
+//! renormalised) → SiLU-gated experts → weighted sum, plus a shared expert: Qwen2-MoE's behind a
+//! sigmoid gate, DeepSeek's (`mlp.shared_experts`, `n_shared_experts` experts as one MLP) added as
+//! is. DeepSeek-V3 routing (sigmoid scores, the selection-only `e_score_correction_bias`,
+//! group-limited top-k, `routed_scaling_factor`) is the same op, configured.
 //!
 //! The experts run through [`ExpertRouting`]: from [`BUCKET_MIN_PICKS_PER_EXPERT`] picks per
 //! expert on (prefill, batches) the picks are bucketed by expert once per layer (`MoeBucket`:
@@ -10,7 +11,8 @@
 //! per pick), which saves the bucketing dispatch where there is nothing to share. Everything stays on the device: the routing
 //! ids feed the expert kernels directly, with no host readback. Dispatches per Mixtral layer:
 //! router matmul, routing, bucketing, 3 expert matmuls, SiLU, mul, weighted sum = 9 (8 without
-//! bucketing, e.g. decoding one token).
+//! bucketing, e.g. decoding one token). A DeepSeek layer adds its ungated shared experts: gate,
+//! SiLU, up, mul, down, add = 6 more, 15 (14).
 //!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
@@ -94,12 +96,12 @@ pub(crate) struct SparseMoe {
     shared: Option<Shared>,
 }
 
-/// Qwen2-MoE's always-on expert: `sigmoid(h · g) * mlp(h)`.
+/// The always-on expert: `sigmoid(h · g) * mlp(h)` (Qwen2-MoE) or `mlp(h)` (DeepSeek).
 struct Shared {
-    gate: Linear,      // [S, C]
-    up: Linear,        // [S, C]
-    down: Linear,      // [C, S]
-    gate_proj: Tensor, // [1, C]
+    gate: Linear,              // [S, C]
+    up: Linear,                // [S, C]
+    down: Linear,              // [C, S]
+    gate_proj: Option<Tensor>, // [1, C]
 }
 
 /// `[E, rows, cols]` from E tensors of `[rows, cols]` (the per-expert checkpoint layout).
@@ -116,6 +118,29 @@ fn stack(w: &dyn Weights, names: &[String], rows: usize, cols: usize) -> Result<
         v.extend(t.to_f32_vec());
     }
     TensorData::f32(&[names.len(), rows, cols], v)
+}
+
+/// The selection bias `[E]`, shifted so that every choice (score + bias, scores > 0) is positive when
+/// groups are limited. [`Op::MoeRoute`] sets the choices of the groups left out to 0 (DeepSeek's
+/// own code); transformers' `DeepseekV3TopkRouter` sets them to -inf. The two pick differently only
+/// when an eligible expert's choice is negative, which a negative bias allows. Adding one constant
+/// to every expert's bias changes no ranking (each group's score, the sum of its two best choices,
+/// moves by twice the constant) and no weight (weights read the scores), so shifting the bias by
+/// `-min(bias)` makes the op pick exactly as transformers does.
+fn selection_bias(dev: &Device, w: &dyn Weights, name: &str, e: usize, spec: MoeSpec) -> Result<Tensor> {
+    let t = w.tensor(name)?;
+    if t.dims() != [e] {
+        return Err(Error::File { file: w.origin(), kind: FileError::BadHeader(format!("tensor '{name}' has shape {:?}, the config implies [{e}]", t.dims())) });
+    }
+    let mut b = t.to_f32_vec();
+    if let Some(bad) = b.iter().find(|v| !v.is_finite()) {
+        return Err(Error::File { file: w.origin(), kind: FileError::BadHeader(format!("tensor '{name}' holds {bad}")) });
+    }
+    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+    if spec.groups > 1 && min < 0.0 {
+        b.iter_mut().for_each(|v| *v -= min);
+    }
+    dev.upload(&TensorData::f32(&[e], b)?)
 }
 
 impl SparseMoe {
@@ -160,18 +185,19 @@ impl SparseMoe {
             )
         };
         let shared = if spec.shared_width > 0 {
-            let (p, s) = (format!("{layer}.mlp.shared_expert"), spec.shared_width);
+            let s = spec.shared_width;
+            let p = if spec.shared_gate { format!("{layer}.mlp.shared_expert") } else { format!("{layer}.mlp.shared_experts") };
             Some(Shared {
                 gate: Linear::load(dev, w, &format!("{p}.gate_proj"), c, s, false)?,
                 up: Linear::load(dev, w, &format!("{p}.up_proj"), c, s, false)?,
                 down: Linear::load(dev, w, &format!("{p}.down_proj"), s, c, false)?,
-                gate_proj: load(dev, w, &format!("{layer}.mlp.shared_expert_gate.weight"), &[1, c])?,
+                gate_proj: if spec.shared_gate { Some(load(dev, w, &format!("{layer}.mlp.shared_expert_gate.weight"), &[1, c])?) } else { None },
             })
         } else {
             None
         };
         let bias_name = format!("{layer}.mlp.gate.e_score_correction_bias");
-        let bias = if w.contains(&bias_name) { Some(load(dev, w, &bias_name, &[e])?) } else { None };
+        let bias = if w.contains(&bias_name) { Some(selection_bias(dev, w, &bias_name, e, spec)?) } else { None };
         let route = Op::MoeRoute {
             k,
             sigmoid: spec.sigmoid,
@@ -205,7 +231,8 @@ impl SparseMoe {
         let Some(s) = &self.shared else { return Ok(out) };
         let g = dev.exec1(&Op::Silu, &[&s.gate.forward(dev, h, None)?])?;
         let y = s.down.forward(dev, &dev.exec1(&Op::Mul, &[&g, &s.up.forward(dev, h, None)?])?, None)?; // [T, C]
-        let gate = dev.exec1(&Op::Sigmoid, &[&dev.exec1(&Op::Matmul { trans_b: true }, &[h, &s.gate_proj])?])?; // [T, 1]
+        let Some(gate_proj) = &s.gate_proj else { return dev.exec1(&Op::Add, &[&out, &y]) };
+        let gate = dev.exec1(&Op::Sigmoid, &[&dev.exec1(&Op::Matmul { trans_b: true }, &[h, gate_proj])?])?; // [T, 1]
         // gate[t] (1 x 1) · y[t] (1 x C): the per-token scale as a batched matmul.
         let y = dev.exec1(&Op::Matmul { trans_b: false }, &[&gate.reshape(&[t, 1, 1])?, &y.reshape(&[t, 1, c])?])?;
         dev.exec1(&Op::Add, &[&out, &y.reshape(&[t, c])?])
