@@ -415,7 +415,8 @@ test("node: bad streamed sources reject with a code naming the file and tensor",
   }
 });
 
-// In Chromium: File objects and the no-Range fallback equal mergekit; the big sharded merge from
+// In Chromium: File objects, directory handles (the origin private file system) and the no-Range
+// fallback equal mergekit; the big sharded merge from
 // URLs grows the page's wasm heap by far less than the models' bytes and gives the Node result;
 // a 404 rejects with IO naming the URL.
 test("browser: streamed sources (File, Range, no Range, big sharded) and bad URLs", { timeout: 300_000 }, async () => {
@@ -445,6 +446,11 @@ test("browser: streamed sources (File, Range, no Range, big sharded) and bad URL
       const exp = tensors(readFileSync(join(fixtures, `expected/${name}.safetensors`)));
       for (const t of Object.keys(exp)) close(`browser ${kind} ${name}: ${t}`, got[t], exp[t]);
     }
+    const d = await session.page.evaluate(() => window.taskloomMergeDir("ties"));
+    assert.equal(d.error, undefined, `directory handles: ${JSON.stringify(d.error)}\n${session.logs.join("\n")}`);
+    const dirGot = tensors(new Uint8Array(d.bytes));
+    const tiesWant = tensors(readFileSync(join(fixtures, "expected/ties.safetensors")));
+    for (const t of Object.keys(tiesWant)) close(`browser directory handles ties: ${t}`, dirGot[t], tiesWant[t]);
     assert.ok(session.logs.some((l) => /console\.warning: .*ignored the Range request/.test(l)), `no-Range warning in the console:\n${session.logs.join("\n")}`);
     const text = readFileSync(join(fixtures, "ties.yml"), "utf8");
     const refs = Object.fromEntries(["../tiny/llama", "ft1", "ft2", "ft3"].map((r) => [r, `/fixtures/merge/${r}/`]));

@@ -3,6 +3,9 @@
 //! `merge` reads a mergekit YAML recipe unchanged ([`Recipe`]), opens every input model (memory-mapped
 //! natively), and writes the merged Hugging Face folder one tensor at a time: read that tensor from
 //! every input, compute, write it into its shard, drop it. Peak memory is about one tensor × inputs.
+//! [`merge_sources`] does the same from [`Source`]s whose shards may be lazy ([`source`]): only the
+//! headers are read up front and each tensor's byte range when it is merged (the browser reads
+//! `File` slices, HTTP `Range`s or the caller's buffers this way), so no input is ever held whole.
 //!
 //! ## Methods and their semantics
 //! mergekit 0.1.5's, per tensor: `linear`, `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`,

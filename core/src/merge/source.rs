@@ -25,6 +25,9 @@ pub trait ByteSource {
     fn name(&self) -> &str;
     /// The file's size in bytes.
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Fills `out` with the bytes at `start..start + out.len()`; fewer bytes available is an error
     /// naming the file ([`FileError::Truncated`]), a failed read an [`Error::Io`].
     fn read<'a>(&'a self, start: u64, out: &'a mut [u8]) -> LocalFuture<'a, Result<()>>;
