@@ -296,8 +296,8 @@ export type MergeSource =
   | URL
   | File[]
   | FileList
-  | FileSystemDirectoryHandle
-  | Record<string, File | Blob | ArrayBuffer | ArrayBufferView>;
+  | { kind: "directory"; entries(): AsyncIterable<[string, unknown]> }
+  | Record<string, Blob | ArrayBuffer | ArrayBufferView>;
 
 /**
  * Runs a mergekit recipe (YAML text) on the models in `sources` (keyed by the recipe's model
