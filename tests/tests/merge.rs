@@ -477,4 +477,27 @@ fn lazy_sources_equal_the_mapped_path() {
     };
     let e = run_lazy(&r, &Options::default(), &lie).unwrap_err();
     assert!(matches!(&e, Error::File { kind: FileError::OffsetsOutOfRange { tensor, .. }, .. } if tensor == "model.embed_tokens.weight"), "{e}");
+    // A source that claims more bytes than it gives (a connection cut mid-file): the header opens,
+    // the tensor past the cut is a Truncated error naming it.
+    struct Short(MemBytes, u64);
+    impl ByteSource for Short {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn len(&self) -> u64 {
+            self.1
+        }
+        fn read<'a>(&'a self, start: u64, out: &'a mut [u8]) -> taskloom::merge::source::LocalFuture<'a, taskloom::Result<()>> {
+            self.0.read(start, out)
+        }
+    }
+    let dir = fixtures().join("ft1");
+    let full = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let cut = Short(MemBytes { name: "cut.safetensors".into(), bytes: full[..full.len() - 100].to_vec() }, full.len() as u64);
+    let mut srcs: Vec<LazySource<MemFiles>> = dirs(&r).iter().map(|d| lazy(d, &same)).collect();
+    let k = r.models.iter().position(|m| m == "ft1").unwrap();
+    srcs[k].shards = vec![Rc::new(cut)];
+    let refs: Vec<&dyn Source> = srcs.iter().map(|s| s as &dyn Source).collect();
+    let e = pollster::block_on(merge::merge_sources(&r, &refs, &Device::cpu(), &Options::default(), &mut MemSink::default(), &mut |_| {})).unwrap_err();
+    assert!(matches!(&e, Error::File { file, kind: FileError::Truncated(m) } if file == "cut.safetensors" && m.contains("model.norm.weight")), "{e}");
 }
