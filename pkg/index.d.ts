@@ -269,7 +269,8 @@ export interface MergeSummary {
   /** Files written, in order (shards, index, config, tokenizer, TALL masks). */
   files: string[];
   tallMasks: number;
-  /** Peak tensor memory the merge held at once (bytes). */
+  /** Peak tensor memory the merge held at once (bytes): the inputs of one tensor, its output and
+   * its method's intermediates. */
   peakBytes: number;
   /** "webgpu" or "cpu". */
   device: string;
@@ -284,18 +285,40 @@ export interface MergeProgress {
 }
 
 /**
+ * One input model of `merge`: the URL of a Hugging Face folder (`config.json`, `model.safetensors`
+ * or `model.safetensors.index.json` and its shards; weights read by HTTP `Range` requests, or
+ * whole once, with a console warning, from a server that ignores them), a list of `File`s (a picked
+ * folder), a directory handle, or `{ path: File | Blob | ArrayBuffer | Uint8Array }` (buffers stay
+ * on the JS side).
+ */
+export type MergeSource =
+  | string
+  | URL
+  | File[]
+  | FileList
+  | { kind: "directory"; entries(): AsyncIterable<[string, unknown]> }
+  | Record<string, Blob | ArrayBuffer | ArrayBufferView>;
+
+/**
  * Runs a mergekit recipe (YAML text) on the models in `sources` (keyed by the recipe's model
  * references), tensor by tensor, on WebGPU or the CPU — the same engine and semantics as
  * `taskloom merge`. Resolves to the merged files as Blobs with a summary, or with `load: true`
  * to a loaded Model.
+ *
+ * Memory: each input tensor's byte range is read when that tensor is merged (`blob.slice`, an HTTP
+ * `Range`, a view of the caller's buffer) and copied into the wasm heap alone; each output piece
+ * is handed back to JS as it is written and the Blobs are assembled from those pieces. The wasm
+ * heap so holds about one tensor × models (`summary.peakBytes`), never whole checkpoints nor the
+ * merged model. Failures reject with a TaskloomError: IO for a failed read (naming the URL or
+ * file), BAD_INPUT for a truncated or inconsistent file (naming the file and tensor) or a bad recipe.
  */
 export function merge(
   recipe: string,
-  sources: Record<string, ModelSource>,
+  sources: Record<string, MergeSource>,
   opts?: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load?: false },
 ): Promise<{ files: Record<string, Blob>; summary: MergeSummary }>;
 export function merge(
   recipe: string,
-  sources: Record<string, ModelSource>,
+  sources: Record<string, MergeSource>,
   opts: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load: true },
 ): Promise<Model>;

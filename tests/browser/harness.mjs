@@ -64,19 +64,41 @@ const TYPES = {
 
 /**
  * A static server on 127.0.0.1 (a secure context, which WebGPU requires). `mounts` maps URL
- * prefixes ("/taskloom/") to directories; the longest prefix wins. Resolves to { url, close }.
+ * prefixes ("/taskloom/") to directories, or to `{ dir, range: false }` for a folder served as by a
+ * server that ignores `Range` headers; the longest prefix wins. Elsewhere a single `Range:
+ * bytes=a-b` (or `a-`, `-n`) is answered 206 with `Content-Range` (416 when unsatisfiable).
+ * Resolves to { url, close, requests }; `requests` lists every request as { path, range }.
  */
 export function serve(mounts) {
-  const entries = Object.entries(mounts).sort((x, y) => y[0].length - x[0].length);
+  const entries = Object.entries(mounts)
+    .map(([prefix, m]) => [prefix, typeof m === "string" ? { dir: m, range: true } : { range: true, ...m }])
+    .sort((x, y) => y[0].length - x[0].length);
+  const requests = [];
   const server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    requests.push({ path, range: req.headers.range ?? null });
     const hit = entries.find(([prefix]) => path.startsWith(prefix));
     if (hit) {
-      const base = resolve(hit[1]);
+      const base = resolve(hit[1].dir);
       const file = resolve(base, "." + sep + path.slice(hit[0].length));
       if ((file === base || file.startsWith(base + sep)) && existsSync(file) && statSync(file).isFile()) {
-        res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream", "cache-control": "no-store" });
-        res.end(readFileSync(file));
+        const data = readFileSync(file);
+        const headers = { "content-type": TYPES[extname(file)] ?? "application/octet-stream", "cache-control": "no-store" };
+        const m = hit[1].range ? /^bytes=(\d*)-(\d*)$/.exec(req.headers.range ?? "") : null;
+        if (m && (m[1] || m[2])) {
+          const size = data.length;
+          const [start, end] = m[1] === "" ? [Math.max(0, size - Number(m[2])), size - 1] : [Number(m[1]), m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1)];
+          if (start >= size || start > end) {
+            res.writeHead(416, { ...headers, "content-range": `bytes */${size}` });
+            res.end();
+            return;
+          }
+          res.writeHead(206, { ...headers, "accept-ranges": "bytes", "content-range": `bytes ${start}-${end}/${size}` });
+          res.end(data.subarray(start, end + 1));
+          return;
+        }
+        res.writeHead(200, hit[1].range ? { ...headers, "accept-ranges": "bytes" } : headers);
+        res.end(data);
         return;
       }
     }
@@ -86,7 +108,7 @@ export function serve(mounts) {
   return new Promise((ok, fail) => {
     server.once("error", fail);
     server.listen(0, "127.0.0.1", () => {
-      ok({ url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)) });
+      ok({ url: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((r) => server.close(r)), requests });
     });
   });
 }
@@ -129,6 +151,7 @@ export async function openPage(mounts, pagePath) {
   return {
     page,
     logs,
+    requests: server.requests,
     close: async () => {
       await context.close();
       await server.close();

@@ -410,3 +410,94 @@ fn pcb_equals_the_reference() {
     let e = run(&Recipe::parse(&file, &text).unwrap(), &Device::cpu(), &Options::default()).unwrap_err();
     assert!(matches!(e, Error::Merge { .. }) && e.to_string().contains("pcb_ratio"), "{e}");
 }
+
+/// Lazy sources (each tensor's byte range read on demand, as the browser reads `File`s and HTTP
+/// `Range`s): every method's output is byte-identical to the memory-mapped path; the peak stays
+/// below the inputs' whole size; a truncated file and a header that lies about offsets are typed
+/// errors naming the file (and the tensor).
+#[test]
+fn lazy_sources_equal_the_mapped_path() {
+    use std::rc::Rc;
+    use taskloom::merge::source::MemBytes;
+    use taskloom::merge::{ByteSource, LazySource, Source};
+    use taskloom::FileError;
+    fn lazy(dir: &Path, edit: &dyn Fn(Vec<u8>) -> Vec<u8>) -> LazySource<MemFiles> {
+        let mut small = BTreeMap::new();
+        let mut shards: Vec<Rc<dyn ByteSource>> = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        for p in names {
+            let b = std::fs::read(&p).unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".safetensors") {
+                shards.push(Rc::new(MemBytes { name: p.display().to_string(), bytes: edit(b) }));
+            } else {
+                small.insert(name, b);
+            }
+        }
+        LazySource { name: dir.display().to_string(), files: MemFiles(small), shards }
+    }
+    let dirs = |r: &Recipe| -> Vec<PathBuf> { merge::model_dirs(r).unwrap().iter().map(|f| PathBuf::from(f.name())).collect() };
+    let run_lazy = |r: &Recipe, opts: &Options, edit: &dyn Fn(Vec<u8>) -> Vec<u8>| {
+        let srcs: Vec<LazySource<MemFiles>> = dirs(r).iter().map(|d| lazy(d, edit)).collect();
+        let refs: Vec<&dyn Source> = srcs.iter().map(|s| s as &dyn Source).collect();
+        let mut sink = MemSink::default();
+        pollster::block_on(merge::merge_sources(r, &refs, &Device::cpu(), opts, &mut sink, &mut |_| {})).map(|s| (s, sink.files))
+    };
+    let same = |b: Vec<u8>| b;
+    for case in CASES.iter().chain(&["pcb"]) {
+        let r = recipe(case);
+        let mut sink = MemSink::default();
+        let files = merge::model_dirs(&r).unwrap();
+        let mapped = pollster::block_on(merge::merge(&r, &files, &Device::cpu(), &with_masks(case), &mut sink, &mut |_| {})).unwrap();
+        let want = sink.files;
+        let (s, got) = run_lazy(&r, &with_masks(case), &same).unwrap_or_else(|e| panic!("{case}: {e}"));
+        for (f, b) in &want {
+            if f.ends_with(".safetensors") {
+                assert!(got.get(f) == Some(b), "{case}: {f} differs from the mapped path's");
+            }
+        }
+        let whole: u64 = dirs(&r).iter().map(|d| std::fs::metadata(d.join("model.safetensors")).unwrap().len()).sum();
+        assert!(s.peak_bytes > 0 && s.peak_bytes <= mapped.peak_bytes && s.peak_bytes < whole, "{case}: peak {} (mapped: {}) of {whole} input bytes", s.peak_bytes, mapped.peak_bytes);
+        assert_eq!(s.bytes_read, mapped.bytes_read, "{case}: bytes read");
+    }
+    let r = recipe("ties");
+    // Cut in the data section: the header's offsets now point past the end.
+    let e = run_lazy(&r, &Options::default(), &|b: Vec<u8>| b[..b.len() - 100].to_vec()).unwrap_err();
+    assert!(matches!(&e, Error::File { kind: FileError::OffsetsOutOfRange { .. }, file } if file.ends_with("model.safetensors")), "{e}");
+    // A header that lies: the first tensor's end offset moved past the file.
+    let lie = |b: Vec<u8>| {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let h = String::from_utf8(b[8..8 + n].to_vec()).unwrap().replacen("\"data_offsets\":[0,8192]", "\"data_offsets\":[0,9999999]", 1);
+        assert_eq!(h.len(), n + 3, "the edit applied");
+        let mut out = ((n + 3) as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&b[8 + n..]);
+        out
+    };
+    let e = run_lazy(&r, &Options::default(), &lie).unwrap_err();
+    assert!(matches!(&e, Error::File { kind: FileError::OffsetsOutOfRange { tensor, .. }, .. } if tensor == "model.embed_tokens.weight"), "{e}");
+    // A source that claims more bytes than it gives (a connection cut mid-file): the header opens,
+    // the tensor past the cut is a Truncated error naming it.
+    struct Short(MemBytes, u64);
+    impl ByteSource for Short {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn len(&self) -> u64 {
+            self.1
+        }
+        fn read<'a>(&'a self, start: u64, out: &'a mut [u8]) -> taskloom::merge::source::LocalFuture<'a, taskloom::Result<()>> {
+            self.0.read(start, out)
+        }
+    }
+    let dir = fixtures().join("ft1");
+    let full = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let cut = Short(MemBytes { name: "cut.safetensors".into(), bytes: full[..full.len() - 100].to_vec() }, full.len() as u64);
+    let mut srcs: Vec<LazySource<MemFiles>> = dirs(&r).iter().map(|d| lazy(d, &same)).collect();
+    let k = r.models.iter().position(|m| m == "ft1").unwrap();
+    srcs[k].shards = vec![Rc::new(cut)];
+    let refs: Vec<&dyn Source> = srcs.iter().map(|s| s as &dyn Source).collect();
+    let e = pollster::block_on(merge::merge_sources(&r, &refs, &Device::cpu(), &Options::default(), &mut MemSink::default(), &mut |_| {})).unwrap_err();
+    assert!(matches!(&e, Error::File { file, kind: FileError::Truncated(m) } if file == "cut.safetensors" && m.contains("model.norm.weight")), "{e}");
+}

@@ -156,6 +156,15 @@ impl SafeTensors {
         TensorData::from_bytes(dtype, &t.shape, self.bytes(name)?)
     }
 
+    /// Validates the header of a file of `file_size` bytes from `prefix`, its first bytes through the
+    /// end of the header (`8 + n` for the length `n` in its first 8 bytes), without the data: for
+    /// readers that fetch each tensor's byte range on demand. Returns the tensors (file order), the
+    /// metadata and where the data section starts; every offset is checked against `file_size`.
+    pub fn parse_header(file: &str, prefix: &[u8], file_size: u64) -> Result<(Vec<TensorInfo>, BTreeMap<String, String>, u64)> {
+        let h = header::parse_sized(file, prefix, file_size)?;
+        Ok((h.tensors, h.metadata, h.data_start as u64))
+    }
+
     /// Sum of all tensors' byte lengths.
     pub fn total_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.bytes).sum()

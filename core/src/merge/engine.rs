@@ -7,6 +7,7 @@ use super::output::{self, Entry, Sink};
 use super::plan::{parse_dtype, Job, Model, Plan};
 use super::recipe::Recipe;
 use super::setting::Scalar;
+use super::source::{Shard, Source};
 use super::{Progress, Summary};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -49,9 +50,6 @@ impl Default for Options {
         }
     }
 }
-
-/// A whole-file reader for the non-tensor files of a model (config, tokenizer).
-pub type ReadFile<'a> = dyn Fn(usize, &str) -> Result<Option<Vec<u8>>> + 'a;
 
 fn num(v: &BTreeMap<&'static str, Scalar>, k: &str, default: f64) -> f64 {
     match v.get(k) {
@@ -129,7 +127,7 @@ pub async fn run(
     recipe: &Recipe,
     models: &[Model],
     paths: &[Option<String>],
-    read_file: &ReadFile<'_>,
+    sources: &[&dyn Source],
     dev: &Device,
     opts: &Options,
     sink: &mut dyn Sink,
@@ -192,7 +190,7 @@ pub async fn run(
                 let (m, name) = &job.inputs[job.base.unwrap_or(0)];
                 let (st, _) = models[*m].info(name).expect("checked in entry()");
                 summary.bytes_read += e.bytes;
-                let b = st.bytes(name)?.to_vec();
+                let b = st.bytes(name).await?.into_owned();
                 st.release(name);
                 summary.peak_bytes = summary.peak_bytes.max(2 * e.bytes);
                 b
@@ -231,10 +229,11 @@ pub async fn run(
         summary.tall_masks = tall.len();
         summary.files.push("tall_masks.safetensors".into());
     }
-    write_config(recipe, &plan, read_file, sink, &mut summary)?;
+    let config = sources[plan.config_model].read("config.json").await?;
+    write_config(recipe, &plan, config, sink, &mut summary)?;
     let tok = recipe.tokenizer_source.unwrap_or(plan.config_model);
     for f in &opts.copy_files {
-        if let Some(b) = read_file(tok, f)? {
+        if let Some(b) = sources[tok].read(f).await? {
             sink.put(f, &b)?;
             summary.files.push(f.clone());
         }
@@ -248,8 +247,8 @@ fn recipe_text(r: &Recipe) -> String {
     format!("# merged by taskloom {} from {}\n{}", env!("CARGO_PKG_VERSION"), r.file, r.text)
 }
 
-fn write_config(r: &Recipe, plan: &Plan, read_file: &ReadFile<'_>, sink: &mut dyn Sink, s: &mut Summary) -> Result<()> {
-    let Some(bytes) = read_file(plan.config_model, "config.json")? else { return Ok(()) };
+fn write_config(r: &Recipe, plan: &Plan, config: Option<Vec<u8>>, sink: &mut dyn Sink, s: &mut Summary) -> Result<()> {
+    let Some(bytes) = config else { return Ok(()) };
     let mut cfg: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Merge { tensor: "(config.json)".into(), reason: format!("{}: {e}", r.models[plan.config_model]) })?;
     if let Some(o) = cfg.as_object_mut() {
@@ -293,27 +292,24 @@ async fn compute(
     pool: &mut Vec<f32>,
 ) -> Result<(Vec<f32>, Vec<(usize, Vec<bool>)>, u64)> {
     let numel: usize = dims.iter().product();
-    // Tensor bytes held at once: mapped inputs, decoded copies, output, intermediates.
-    let mapped: u64 = job.inputs.iter().map(|(m, name)| models[*m].info(name).map(|(_, i)| i.bytes).unwrap_or(0)).sum();
+    // Tensor bytes held at once: mapped inputs (or a lazily read input's raw bytes while it is
+    // decoded; f32 ones are read straight into their decoded buffer), decoded copies, output,
+    // intermediates.
+    let mapped: u64 = job
+        .inputs
+        .iter()
+        .map(|(m, name)| match models[*m].info(name) {
+            Some((Shard::Lazy(_), i)) if i.dtype == "F32" => 0,
+            Some((_, i)) => i.bytes,
+            None => 0,
+        })
+        .sum();
     let f32s = |k: usize| (k * numel * 4) as u64;
-    let load = |k: usize, out: &mut Vec<f32>, read: &mut u64| -> Result<()> {
-        let (m, name) = &job.inputs[k];
-        let (st, info) = models[*m].info(name).expect("checked in entry()");
-        let bytes = st.bytes(name)?;
-        *read += bytes.len() as u64;
-        decode(bytes, &info.dtype, through, out);
-        st.release(name);
-        Ok(())
-    };
-    let one = |k: usize, read: &mut u64| -> Result<Vec<f32>> {
-        let mut v = Vec::new();
-        load(k, &mut v, read)?;
-        Ok(v)
-    };
+    let rd = Reader { models, job, through };
     let w = |k: usize, key: &str| num(&job.per_input[k], key, 1.0) as f32;
     let out = match r.method {
         Method::Passthrough => {
-            let mut v = one(0, read)?;
+            let mut v = rd.one(0, read).await?;
             if let Some(Scalar::Num(s)) = job.per_input[0].get("scale") {
                 let s = *s as f32;
                 v.iter_mut().for_each(|x| *x *= s);
@@ -321,21 +317,27 @@ async fn compute(
             v
         }
         Method::Linear => {
-            let xs = (0..job.inputs.len()).map(|k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let mut xs = Vec::with_capacity(job.inputs.len());
+            for k in 0..job.inputs.len() {
+                xs.push(rd.one(k, read).await?);
+            }
             let refs: Vec<&[f32]> = xs.iter().map(|v| v.as_slice()).collect();
             let ws: Vec<f32> = (0..xs.len()).map(|k| w(k, "weight")).collect();
             super::interp::linear(&refs, &ws, flag(&job.shared, "normalize"))
         }
         Method::Slerp => {
             let b = job.base.expect("checked: slerp has a base");
-            let (a, o) = (one(b, read)?, one(1 - b, read)?);
+            let (a, o) = (rd.one(b, read).await?, rd.one(1 - b, read).await?);
             super::interp::slerp(num(&job.shared, "t", 0.5) as f32, &a, &o)
         }
         Method::Pcb => {
             let b = job.base.expect("checked: pcb has a base");
-            let base = one(b, read)?;
+            let base = rd.one(b, read).await?;
             let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
-            let thetas = others.iter().map(|&k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let mut thetas = Vec::with_capacity(others.len());
+            for &k in &others {
+                thetas.push(rd.one(k, read).await?);
+            }
             let refs: Vec<&[f32]> = thetas.iter().map(|v| v.as_slice()).collect();
             let ws: Vec<f64> = others.iter().map(|&k| num(&job.per_input[k], "weight", 1.0)).collect();
             let ratio = num(&job.shared, "pcb_ratio", 0.1);
@@ -354,8 +356,11 @@ async fn compute(
         }
         Method::ModelStock => {
             let b = job.base.expect("checked: model_stock has a base");
-            let w0 = one(b, read)?;
-            let ws = (0..job.inputs.len()).filter(|k| *k != b).map(|k| one(k, read)).collect::<Result<Vec<_>>>()?;
+            let w0 = rd.one(b, read).await?;
+            let mut ws = Vec::with_capacity(job.inputs.len());
+            for k in (0..job.inputs.len()).filter(|k| *k != b) {
+                ws.push(rd.one(k, read).await?);
+            }
             let refs: Vec<&[f32]> = ws.iter().map(|v| v.as_slice()).collect();
             let row = if flag(&job.shared, "filter_wise") && dims.len() >= 2 { *dims.last().expect("rank >= 2") } else { w0.len() };
             super::interp::model_stock(&w0, &refs, row)
@@ -365,7 +370,7 @@ async fn compute(
             let b = job.base.expect("checked: task arithmetic has a base");
             let others: Vec<usize> = (0..job.inputs.len()).filter(|k| *k != b).collect();
             if others.is_empty() {
-                return Ok((one(b, read)?, Vec::new(), mapped + f32s(1)));
+                return Ok((rd.one(b, read).await?, Vec::new(), mapped + f32s(1)));
             }
             let mut rows = Vec::new();
             for &k in &others {
@@ -404,6 +409,11 @@ async fn compute(
                 for &k in &order {
                     let (m, name) = &job.inputs[k];
                     let (st, info) = models[*m].info(name).expect("checked in entry()");
+                    let Shard::Mapped(st) = st else {
+                        // Read now, as decoded f32.
+                        views.push(std::borrow::Cow::Owned(rd.one(k, read).await?));
+                        continue;
+                    };
                     st.prefetch(name);
                     let bytes = st.bytes(name)?;
                     *read += bytes.len() as u64;
@@ -434,10 +444,10 @@ async fn compute(
                 }
                 return Ok((out, Vec::new(), held));
             }
-            let base = one(b, read)?;
+            let base = rd.one(b, read).await?;
             let mut thetas = Vec::with_capacity(base.len() * others.len());
             for &k in &others {
-                load(k, &mut thetas, read)?;
+                rd.load(k, &mut thetas, read).await?;
             }
             let o = gta::run(dev, &args, base, thetas).await?;
             let masks = if args.tall { others.iter().copied().zip(o.tall_masks).collect() } else { Vec::new() };
@@ -448,6 +458,50 @@ async fn compute(
     };
     // Every input decoded at once (linear, model_stock) or fewer, and the output.
     Ok((out, Vec::new(), mapped + f32s(job.inputs.len() + 1)))
+}
+
+/// Reads a job's inputs as f32 (rounded through the recipe's `dtype`).
+struct Reader<'a> {
+    models: &'a [Model],
+    job: &'a Job,
+    through: Option<DType>,
+}
+
+impl Reader<'_> {
+    /// Appends input `k` of the job to `out`.
+    async fn load(&self, k: usize, out: &mut Vec<f32>, read: &mut u64) -> Result<()> {
+        let (m, name) = &self.job.inputs[k];
+        let (st, info) = self.models[*m].info(name).expect("checked in entry()");
+        match st {
+            Shard::Lazy(l) if info.dtype == "F32" => {
+                // Read straight into the f32 buffer (little-endian, as wasm and every native
+                // target this runs on): no byte copy.
+                let start = out.len();
+                out.resize(start + (info.bytes / 4) as usize, 0.0);
+                l.read(info, bytemuck::cast_slice_mut(&mut out[start..])).await?;
+                *read += info.bytes;
+                match self.through {
+                    Some(DType::F16) => out[start..].iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+                    Some(DType::BF16) => out[start..].iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
+                    _ => {}
+                }
+            }
+            _ => {
+                let bytes = st.bytes(name).await?;
+                *read += bytes.len() as u64;
+                decode(&bytes, &info.dtype, self.through, out);
+                drop(bytes);
+                st.release(name);
+            }
+        }
+        Ok(())
+    }
+
+    async fn one(&self, k: usize, read: &mut u64) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        self.load(k, &mut v, read).await?;
+        Ok(v)
+    }
 }
 
 /// Wall time natively (`std::time::Instant` does not exist in wasm32-unknown-unknown).

@@ -3,6 +3,9 @@
 //! `merge` reads a mergekit YAML recipe unchanged ([`Recipe`]), opens every input model (memory-mapped
 //! natively), and writes the merged Hugging Face folder one tensor at a time: read that tensor from
 //! every input, compute, write it into its shard, drop it. Peak memory is about one tensor × inputs.
+//! [`merge_sources`] does the same from [`Source`]s whose shards may be lazy ([`source`]): only the
+//! headers are read up front and each tensor's byte range when it is merged (the browser reads
+//! `File` slices, HTTP `Range`s or the caller's buffers this way), so no input is ever held whole.
 //!
 //! ## Methods and their semantics
 //! mergekit 0.1.5's, per tensor: `linear`, `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`,
@@ -63,6 +66,7 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 pub mod setting;
+pub mod source;
 pub mod task_mask;
 
 pub use engine::{packbits, Options};
@@ -72,6 +76,7 @@ pub use output::{MemSink, Sink};
 pub use output::DirSink;
 pub use plan::Model;
 pub use recipe::{Recipe, Semantics};
+pub use source::{ByteSource, LazyShard, LazySource, Shard, Source};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -109,7 +114,8 @@ pub struct Summary {
 }
 
 /// Opens the recipe's models through `files` (one [`Files`] per model reference, in
-/// [`Recipe::models`] order) and merges into `sink`.
+/// [`Recipe::models`] order) and merges into `sink`. Shards are memory-mapped natively (or bytes
+/// in memory): see [`merge_sources`] for models read tensor by tensor.
 pub async fn merge(
     recipe: &Recipe,
     files: &[Box<dyn Files>],
@@ -118,25 +124,39 @@ pub async fn merge(
     sink: &mut dyn Sink,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
-    if files.len() != recipe.models.len() {
-        return Err(Error::InvalidParam { op: "merge", reason: format!("{} model sources for {} models", files.len(), recipe.models.len()) });
+    let sources: Vec<source::FilesSource<'_>> = files.iter().map(|f| source::FilesSource(f.as_ref())).collect();
+    let refs: Vec<&dyn Source> = sources.iter().map(|s| s as &dyn Source).collect();
+    merge_sources(recipe, &refs, dev, opts, sink, on_progress).await
+}
+
+/// [`merge`] from [`Source`]s (one per model reference, in [`Recipe::models`] order): lazy shards
+/// are read one tensor's byte range at a time, so the merge holds about one tensor × inputs.
+pub async fn merge_sources(
+    recipe: &Recipe,
+    sources: &[&dyn Source],
+    dev: &Device,
+    opts: &Options,
+    sink: &mut dyn Sink,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<Summary> {
+    if sources.len() != recipe.models.len() {
+        return Err(Error::InvalidParam { op: "merge", reason: format!("{} model sources for {} models", sources.len(), recipe.models.len()) });
     }
-    let mut models = Vec::with_capacity(files.len());
-    for (name, f) in recipe.models.iter().zip(files) {
-        let shards = f.weights()?.0;
+    let mut models = Vec::with_capacity(sources.len());
+    for (name, f) in recipe.models.iter().zip(sources) {
+        let shards = f.shards().await?;
         if shards.is_empty() {
             return Err(Error::Recipe { file: recipe.file.clone(), reason: format!("model '{name}' ({}) has no .safetensors files", f.name()) });
         }
-        let config = match f.read("config.json")? {
+        let config = match f.read("config.json").await? {
             Some(b) => serde_json::from_slice(&b).ok(),
             None => None,
         };
         models.push(Model { name: name.clone(), shards, config });
     }
-    let read = |m: usize, rel: &str| files[m].read(rel);
     // Where each model was read from (a folder natively), for the TALL masks' metadata.
-    let paths: Vec<Option<String>> = files.iter().map(|f| location(&f.name())).collect();
-    engine::run(recipe, &models, &paths, &read, dev, opts, sink, on_progress).await
+    let paths: Vec<Option<String>> = sources.iter().map(|f| location(&f.name())).collect();
+    engine::run(recipe, &models, &paths, sources, dev, opts, sink, on_progress).await
 }
 
 fn location(name: &str) -> Option<String> {

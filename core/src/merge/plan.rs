@@ -16,21 +16,22 @@ use super::recipe::{Params, Recipe};
 use super::setting::Scalar;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::formats::safetensors::{SafeTensors, TensorInfo};
+use super::source::Shard;
+use crate::formats::safetensors::TensorInfo;
 use std::collections::BTreeMap;
 
 /// One opened input model.
 pub struct Model {
     /// The reference as the recipe spells it.
     pub name: String,
-    pub shards: Vec<SafeTensors>,
+    pub shards: Vec<Shard>,
     /// `config.json`, when the folder has one.
     pub config: Option<serde_json::Value>,
 }
 
 impl Model {
-    pub fn info(&self, tensor: &str) -> Option<(&SafeTensors, &TensorInfo)> {
-        self.shards.iter().find_map(|s| s.info(tensor).ok().map(|i| (s, i)))
+    pub fn info(&self, tensor: &str) -> Option<(&Shard, &TensorInfo)> {
+        self.shards.iter().find_map(|s| s.info(tensor).map(|i| (s, i)))
     }
 
     /// Tensor names in shard order, then file order.

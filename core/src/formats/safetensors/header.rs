@@ -47,8 +47,13 @@ pub fn dtype_size(dtype: &str) -> Option<u64> {
 
 /// Validates the prefix, the JSON and every entry of `buf` (the whole file).
 pub(super) fn parse(file: &str, buf: &[u8]) -> Result<Header> {
+    parse_sized(file, buf, buf.len() as u64)
+}
+
+/// [`parse`] of a file of `file_size` bytes of which `buf` holds at least the beginning through
+/// the end of the header (a reader that fetches tensors' byte ranges later, e.g. by HTTP `Range`).
+pub(super) fn parse_sized(file: &str, buf: &[u8], file_size: u64) -> Result<Header> {
     let err = |kind| Error::file(file, kind);
-    let file_size = buf.len() as u64;
     let Some(prefix) = buf.first_chunk::<8>() else {
         return Err(err(FileError::Truncated(format!(
             "{file_size} bytes, but the header length alone takes 8"
@@ -60,8 +65,11 @@ pub(super) fn parse(file: &str, buf: &[u8]) -> Result<Header> {
     }
     // `len <= MAX_HEADER_LEN`, so neither the addition nor the conversion can overflow.
     let data_start = 8 + len as usize;
-    if data_start > buf.len() {
+    if data_start as u64 > file_size {
         return Err(err(FileError::HeaderBeyondFile { len, file_size }));
+    }
+    if data_start > buf.len() {
+        return Err(err(FileError::Truncated(format!("{} bytes read, but the header ends at byte {data_start}", buf.len()))));
     }
     let json: Map<String, Value> = serde_json::from_slice(&buf[8..data_start])
         .map_err(|e| err(FileError::BadHeader(format!("not a JSON object: {e}"))))?;
