@@ -95,6 +95,17 @@ fn unknown_architecture_and_missing_tensor_are_typed_errors() {
     cfg.hidden_size = 48; // disagrees with the weights
     let e = Llama::load(&Device::cpu(), cfg, &DirFiles(dir("llama")).weights().unwrap()).err().expect("shape disagreement");
     assert!(e.to_string().contains("shape"), "{e}");
+    // Scaled RoPE (Llama 3's, linear) would run with plain frequencies: refused instead.
+    let json = std::fs::read_to_string(dir("llama").join("config.json")).unwrap();
+    for (key, val) in [
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+        ("rope_parameters", serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v[key] = val;
+        let e = ModelConfig::parse("config.json", &v.to_string()).err().unwrap_or_else(|| panic!("{key}: accepted"));
+        assert!(e.to_string().contains("scaled RoPE") && e.to_string().contains("config.json"), "{key}: {e}");
+    }
 }
 
 #[test]

@@ -348,6 +348,7 @@ impl ModelConfig {
                 if c.hidden_act != "silu" {
                     return Err(Error::InvalidParam { op: "config", reason: format!("{file}: hidden_act '{}' is not supported", c.hidden_act) });
                 }
+                plain_rope(file, &c)?;
                 ModelConfig::Llama(c)
             }
             ("DeepseekV3ForCausalLM", _) | ("", "deepseek_v3") => ModelConfig::Llama(deepseek(file, json)?),
@@ -360,6 +361,19 @@ impl ModelConfig {
         };
         Ok(cfg)
     }
+}
+
+/// Refuses scaled RoPE (`rope_type` / `type` other than "default" in `rope_scaling` or
+/// transformers 5's `rope_parameters`: llama3, yarn, linear, dynamic, ...): the rotary op uses
+/// plain `theta^(-2i/D)` frequencies, so running such a model would silently differ.
+fn plain_rope(file: &str, c: &LlamaConfig) -> Result<()> {
+    for p in [&c.rope_parameters, &c.rope_scaling].into_iter().flatten() {
+        let kind = p.get("rope_type").or(p.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        if kind != "default" {
+            return Err(Error::InvalidParam { op: "config", reason: format!("{file}: rope_type '{kind}' (scaled RoPE) is not supported") });
+        }
+    }
+    Ok(())
 }
 
 /// A `DeepseekV3ForCausalLM` config: transformers' defaults for the DeepSeek keys the file leaves
@@ -393,12 +407,7 @@ fn deepseek(file: &str, json: &str) -> Result<LlamaConfig> {
     if let Some(f) = c.moe_layer_freq.filter(|&f| f != 1) {
         return Err(unsupported(format!("moe_layer_freq {f} is not supported (transformers ignores it; only 1 is)")));
     }
-    for p in [&c.rope_parameters, &c.rope_scaling].into_iter().flatten() {
-        let kind = p.get("rope_type").or(p.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
-        if kind != "default" {
-            return Err(unsupported(format!("rope_type '{kind}' (scaled RoPE) is not supported for DeepSeek-V3")));
-        }
-    }
+    plain_rope(file, &c)?;
     let m = c.mla().expect("deepseek is set");
     let h = c.num_attention_heads;
     if h == 0 || c.kv_heads() != h {
