@@ -4,7 +4,7 @@
 // Same conditions as the peer: a 127.0.0.1 server with COOP/COEP and no-store, Debian chromium with
 // the same flags, a fresh profile, every non-127.0.0.1 request aborted and counted.
 //
-// Run: node scripts/bench_web.mjs [--runs 10] [--device cpu]
+// Run: node scripts/bench_web.mjs [--runs 10] [--device cpu|webgpu] [--model minilm|smollm2]
 // Prints one line: bench=taskloom_embed device=... threads=1 embed_ms=... load_ms=... cos_vs_torch=... wasm=...
 // Env: ANCHOR_WORK (/tmp/anchors; for ref_text128.json), PEERS (shared/peers), MINILM_DIR
 // (target/models/minilm), CHROMIUM (/usr/bin/chromium).
@@ -24,8 +24,10 @@ const args = Object.fromEntries(process.argv.slice(2).join(" ").split("--").filt
   .map((s) => s.trim().split(/\s+/)).map(([k, v]) => [k, v ?? "1"]));
 const runs = args.runs || "10";
 const device = args.device || "cpu";
+const model = args.model || "minilm"; // or smollm2 (the packaged GGUF; decode tok/s)
+const SMOLLM = process.env.SMOLLM_DIR || path.join(REPO, "target/models/smollm2");
 
-const routes = [["/taskloom/", path.join(REPO, "pkg")], ["/models/minilm/", MINILM]];
+const routes = [["/taskloom/", path.join(REPO, "pkg")], ["/models/minilm/", MINILM], ["/models/smollm2/", SMOLLM]];
 const files = { "/": path.join(REPO, "tests/browser/bench.html"), "/inputs.json": path.join(PEERS, "minilm_inputs.json") };
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json", ".wasm": "application/wasm" };
 const served = [];
@@ -65,7 +67,7 @@ try {
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on("console", (m) => lines.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => lines.push(`[pageerror] ${e}`));
-  await page.goto(`http://127.0.0.1:${server.address().port}/?device=${device}&runs=${runs}`);
+  await page.goto(`http://127.0.0.1:${server.address().port}/?device=${device}&runs=${runs}&model=${model}`);
   await page.waitForFunction(() => window.__done, null, { timeout: 900_000, polling: 500 });
   result = await page.evaluate(() => window.__done);
 } finally {
@@ -79,6 +81,11 @@ if (!result?.ok) {
   process.exit(1);
 }
 const i = result.info;
+if (model === "smollm2") {
+  console.log(`bench=taskloom_smollm2 device=${device} ran_on=${i.ran_on} threads=1 runs=${i.runs} load_ms=${i.load_ms.toFixed(0)} ` +
+              `prefill_ms=${i.prefill_ms.toFixed(1)} decode_tok_s=${i.decode_tok_s.toFixed(2)} generated=${i.generated} blocked=${blocked.length}`);
+  process.exit(0);
+}
 let cos = "-";
 const refFile = path.join(WORK, "minilm-onnx", "ref_text128.json");
 if (fs.existsSync(refFile)) {

@@ -12,7 +12,7 @@
 # Setup (once): ANCHOR_WORK=/tmp/anchors; the peer's ONNX export in $ANCHOR_WORK/minilm-onnx
 # (shared/peers/minilm_export_onnx.py) and `bash shared/peers/tjs_setup.sh` (npm only, --ignore-scripts);
 # `npm ci` here; `bash scripts/build-wasm.sh`.
-# Env: RUNS (10), PEERS (../shared/peers), ANCHOR_WORK (/tmp/anchors), THREADS2 (1), DEMOS (0).
+# Env: RUNS (10), PEERS (../shared/peers), ANCHOR_WORK (/tmp/anchors), THREADS2 (1), DEMOS (0), RECORD (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANCHOR_WORK=${ANCHOR_WORK:-/tmp/anchors}
@@ -44,6 +44,14 @@ fi
 ours_wasm=$(wc -c <pkg/dist/taskloom_web_bg.wasm)
 ort_wasm=$(field "$peer1" wasm | tr ',' '\n' | head -1 | cut -d: -f2)
 echo "wasm size: taskloom $ours_wasm bytes ($(gzip -9c pkg/dist/taskloom_web_bg.wasm | wc -c) gzipped), ORT-web ${ort_wasm:-?} bytes (target <= 2000000)"
+
+# For the record (issue 3): MiniLM on WebGPU (SwiftShader in headless Chromium), and the SmolLM2
+# GGUF's greedy decode on the wasm CPU path and on WebGPU. RECORD=0 skips them.
+if [ "${RECORD:-1}" = 1 ]; then
+  node scripts/bench_web.mjs --device webgpu --runs "$RUNS" | tee -a "$log"
+  node scripts/bench_web.mjs --model smollm2 --device cpu --runs 3 | tee -a "$log"
+  node scripts/bench_web.mjs --model smollm2 --device webgpu --runs 3 | tee -a "$log"
+fi
 
 if [ "${DEMOS:-0}" = 1 ]; then
   : "${TASKLOOM_CLI:?DEMOS=1 needs TASKLOOM_CLI (a built taskloom binary)}"
