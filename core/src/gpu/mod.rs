@@ -168,16 +168,22 @@ fn binding_limit(limits: &wgpu::Limits, forced: Option<u64>) -> u64 {
 
 /// `options.max_binding_bytes`, else `TASKLOOM_MAX_BINDING_BYTES` (natively), checked.
 fn forced_limit(options: &DeviceOptions) -> Result<Option<u64>> {
-    let bad = |reason: String| Error::InvalidParam { op: "max_binding_bytes", reason };
     #[cfg(not(target_arch = "wasm32"))]
-    let env = match std::env::var("TASKLOOM_MAX_BINDING_BYTES") {
-        Ok(v) if !v.trim().is_empty() => Some(
-            v.trim().parse::<u64>().map_err(|_| bad(format!("TASKLOOM_MAX_BINDING_BYTES='{v}' is not a whole number of bytes")))?,
-        ),
-        _ => None,
-    };
+    let env = std::env::var("TASKLOOM_MAX_BINDING_BYTES").ok();
     #[cfg(target_arch = "wasm32")]
     let env = None;
+    forced_from(options, env.as_deref())
+}
+
+/// [`forced_limit`] with the environment variable's value given.
+fn forced_from(options: &DeviceOptions, env: Option<&str>) -> Result<Option<u64>> {
+    let bad = |reason: String| Error::InvalidParam { op: "max_binding_bytes", reason };
+    let env = match env.map(str::trim) {
+        Some(v) if !v.is_empty() => {
+            Some(v.parse::<u64>().map_err(|_| bad(format!("TASKLOOM_MAX_BINDING_BYTES='{v}' is not a whole number of bytes")))?)
+        }
+        _ => None,
+    };
     let forced = options.max_binding_bytes.or(env);
     if let Some(f) = forced {
         if f < 4 {
@@ -575,5 +581,31 @@ impl Backend for GpuBackend {
             self.inner.queue.submit([enc.finish()]);
         }
         self.take_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_limits_clamp_and_never_raise() {
+        let none = DeviceOptions::default();
+        let opt = |b| DeviceOptions { max_binding_bytes: Some(b) };
+        assert_eq!(forced_from(&none, None).unwrap(), None);
+        assert_eq!(forced_from(&none, Some(" ")).unwrap(), None);
+        assert_eq!(forced_from(&none, Some(" 4096 ")).unwrap(), Some(4096));
+        // The option wins over the environment.
+        assert_eq!(forced_from(&opt(3000), Some("4096")).unwrap(), Some(3000));
+        for bad in ["12k", "-1", "1.5"] {
+            assert!(matches!(forced_from(&none, Some(bad)), Err(Error::InvalidParam { .. })), "{bad}");
+        }
+        assert!(matches!(forced_from(&opt(3), None), Err(Error::InvalidParam { .. })));
+        let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 27, max_buffer_size: 1 << 28, ..Default::default() };
+        assert_eq!(binding_limit(&limits, None), 1 << 27);
+        assert_eq!(binding_limit(&limits, Some(3001)), 3000, "whole 4-byte words");
+        assert_eq!(binding_limit(&limits, Some(1 << 40)), 1 << 27, "never raised");
+        let big = wgpu::Limits { max_storage_buffer_binding_size: 1 << 40, max_buffer_size: 1 << 40, ..Default::default() };
+        assert_eq!(binding_limit(&big, None), (u32::MAX as u64) / 4 * 4, "u32 indexing");
     }
 }
