@@ -341,7 +341,7 @@ impl GpuBackend {
         }
         let rows = data.dims()[0];
         let row_bytes = (bytes.len() / rows.max(1)) as u64;
-        let per_block = if row_bytes == 0 { 0 } else { (limit / row_bytes) as usize };
+        let per_block = limit.checked_div(row_bytes).unwrap_or(0) as usize;
         if per_block == 0 {
             let what = format!("'{name}' (one row of {row_bytes} bytes; a tensor is split only between rows)");
             return Err(Error::BufferTooLarge { what, bytes: bytes.len() as u64, limit });
