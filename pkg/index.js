@@ -557,7 +557,8 @@ export class Model {
   }
 
   /**
-   * `opts`: device ("auto" | "webgpu" | "cpu"), tasks, trunk, onProgress, signal, onDeviceLost
+   * `opts`: device ("auto" | "webgpu" | "cpu"), maxBindingBytes (lowers the WebGPU binding limit;
+   * weights above it are split into row blocks), tasks, trunk, onProgress, signal, onDeviceLost
    * (called with `{ reason, message }` when the WebGPU device is lost; the next call reloads the
    * model — see README.md, "Device loss").
    */
