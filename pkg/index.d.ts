@@ -34,7 +34,18 @@ export interface Abortable {
   signal?: AbortSignal;
 }
 
-export interface RuntimeOptions {
+/** WebGPU device options (ignored on the CPU path, which never splits). */
+export interface DeviceLimitOptions {
+  /**
+   * Lowers the bytes one storage binding may hold below the adapter's
+   * `maxStorageBufferBindingSize` (never raises it). Weights above the limit in force are split into
+   * row blocks at load; for tests, or devices that report more than they handle well. A whole
+   * number >= 4, else BAD_INPUT.
+   */
+  maxBindingBytes?: number;
+}
+
+export interface RuntimeOptions extends DeviceLimitOptions {
   /** Default "auto". "webgpu" rejects with code DEVICE when there is no adapter (or no navigator.gpu). */
   device?: DeviceOption;
 }
@@ -54,13 +65,20 @@ export interface DeviceInfo {
   backend: string;
   /** "DiscreteGpu", "IntegratedGpu", "Cpu" (software adapters), ... */
   device_type: string;
-  /** Bytes; Number.MAX_SAFE_INTEGER means no limit. */
+  /**
+   * Bytes one storage binding may hold: the adapter's `maxStorageBufferBindingSize`, lowered by
+   * `maxBindingBytes` when given. Weights above it are split into row blocks at load.
+   * Number.MAX_SAFE_INTEGER means no limit (the CPU).
+   */
   max_storage_buffer_binding_size: number;
   /** Bytes; Number.MAX_SAFE_INTEGER means no limit. */
   max_buffer_size: number;
   max_compute_workgroup_storage_size: number;
   max_compute_invocations_per_workgroup: number;
+  /** The adapter offers `shader-f16`. */
   shader_f16: boolean;
+  /** The adapter offers `subgroups`. */
+  subgroups: boolean;
   /** CPU worker threads (1 in wasm); 0 for a GPU. */
   threads: number;
 }
@@ -127,7 +145,7 @@ export function clearCache(): Promise<void>;
 /** Bytes of the WebAssembly heap (never shrinks: the CPU path's high-water mark); 0 before `init`. */
 export function wasmMemoryBytes(): number;
 
-export interface ModelLoadOptions extends Abortable {
+export interface ModelLoadOptions extends Abortable, DeviceLimitOptions {
   device?: "auto" | "webgpu" | "cpu";
   onProgress?: (p: LoadProgress) => void;
   /** Multi-task models: load only what these tasks need (default: all). */

@@ -110,6 +110,8 @@ export function wasmMemoryBytes() {
 // tab in the background for too long). Devices created outside a `Model.load` are not touched.
 const WRAPPED = Symbol.for("taskloom.requestDevice");
 let deviceSinks = [];
+/** GPUDevice -> the GPUAdapter it came from (its features and limits, for `Runtime.info()`). */
+const adapterOf = new WeakMap();
 
 function watchRequestDevice() {
   const A = globalThis.GPUAdapter;
@@ -117,6 +119,7 @@ function watchRequestDevice() {
   const orig = A.prototype.requestDevice;
   const wrapped = async function requestDevice(...args) {
     const d = await orig.apply(this, args);
+    if (d && typeof d === "object") adapterOf.set(d, this);
     for (const sink of deviceSinks) sink(d);
     return d;
   };
@@ -206,15 +209,23 @@ function describe(v) {
 /** A runtime bound to one device ("webgpu" or "cpu"). Make one with `await Runtime.create()`. */
 export class Runtime {
   #raw;
+  #adapter = null;
   constructor(raw) {
     if (!(raw instanceof RawRuntime)) throw new TypeError("use `await Runtime.create(opts)`");
     this.#raw = raw;
   }
 
-  /** `opts.device`: "auto" (default: WebGPU if an adapter exists, else the CPU), "webgpu" or "cpu". */
+  /**
+   * `opts.device`: "auto" (default: WebGPU if an adapter exists, else the CPU), "webgpu" or "cpu".
+   * `opts.maxBindingBytes`: lowers (never raises) the WebGPU binding limit; weights above it are
+   * split into row blocks at load.
+   */
   static async create(opts = {}) {
     await init();
-    return new Runtime(await call(() => RawRuntime.create(opts)));
+    const [raw, devices] = await withDevices(() => call(() => RawRuntime.create(opts)));
+    const rt = new Runtime(raw);
+    if (raw.device === "webgpu") rt.#adapter = adapterOf.get(devices.at(-1)) ?? null;
+    return rt;
   }
 
   #self() {
@@ -227,9 +238,19 @@ export class Runtime {
     return this.#self().device;
   }
 
-  /** Device facts: kind, name, backend, device_type, limits. */
+  /**
+   * Device facts: kind, name, backend, device_type, limits (`max_storage_buffer_binding_size` is
+   * the one in force, after `maxBindingBytes`), and features: `shader_f16` and `subgroups`, read
+   * from the GPUAdapter's `features` in the browser (wgpu does not report subgroups there).
+   */
   info() {
-    return call(() => this.#self().info());
+    const info = call(() => this.#self().info());
+    const features = this.#adapter?.features;
+    if (features && typeof features.has === "function") {
+      info.shader_f16 = features.has("shader-f16");
+      info.subgroups = features.has("subgroups");
+    }
+    return info;
   }
 
   /** Copies row-major f32 `data` of shape `dims` to the device. */
@@ -536,7 +557,8 @@ export class Model {
   }
 
   /**
-   * `opts`: device ("auto" | "webgpu" | "cpu"), tasks, trunk, onProgress, signal, onDeviceLost
+   * `opts`: device ("auto" | "webgpu" | "cpu"), maxBindingBytes (lowers the WebGPU binding limit;
+   * weights above it are split into row blocks), tasks, trunk, onProgress, signal, onDeviceLost
    * (called with `{ reason, message }` when the WebGPU device is lost; the next call reloads the
    * model — see README.md, "Device loss").
    */
@@ -546,7 +568,7 @@ export class Model {
     await init();
     const files = await call(() => gatherModel(source, opts));
     call(() => checkAbort(signal, "Model.load"));
-    const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks })));
+    const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: opts?.device ?? "auto", tasks: opts?.tasks, maxBindingBytes: opts?.maxBindingBytes })));
     if (signal?.aborted) {
       raw.free();
       call(() => checkAbort(signal, "Model.load"));
@@ -590,7 +612,7 @@ export class Model {
       const lostGpu = this.#gpu;
       try {
         const files = await gatherModel(this.#source, this.#opts);
-        const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: this.#opts?.device ?? "auto", tasks: this.#opts?.tasks })));
+        const [raw, devices] = await withDevices(() => call(() => RawModel.load(files, { device: this.#opts?.device ?? "auto", tasks: this.#opts?.tasks, maxBindingBytes: this.#opts?.maxBindingBytes })));
         for (const [op, ...args] of this.#replay) call(() => raw[op](...args));
         if (!this.#raw) {
           raw.free(); // disposed while reloading

@@ -1,11 +1,18 @@
 // Embedding gather: out[r, c] = table[ids[r], c], widened to f32; ids >= vocab give 0.
+// A table split into row blocks runs one dispatch per block: `table` holds rows [first,
+// first + vocab); ids outside it write 0 when `zero_outside` (the first block) and are left alone
+// otherwise, so the blocks in order fill every row.
 // One invocation per output element; element = gid.x + gid.y * num_workgroups.x * WG.
 
 struct Params {
     n: u32,       // rows * cols output elements
     cols: u32,    // C
-    vocab: u32,   // V
-    _pad: u32,
+    vocab: u32,   // rows in `table` (V unless it is a row block)
+    first: u32,   // id of its first row
+    zero_outside: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,10 +34,10 @@ fn embedding(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if (i >= p.n) { return; }
     let r = i / p.cols;
     let c = i % p.cols;
-    let id = ids[r];
-    var v = 0.0;
+    let id = ids[r] - p.first; // wraps past vocab for ids below the block
     if (id < p.vocab) {
-        v = load_table(id * p.cols + c);
+        out[i] = load_table(id * p.cols + c);
+    } else if (p.zero_outside != 0u) {
+        out[i] = 0.0;
     }
-    out[i] = v;
 }

@@ -1,5 +1,10 @@
 // Matmul: out[z, m, n] = sum_k a[z, m, k] * b[z?, k, n] (+ bias[n]).
 //
+// A weight split into row blocks (too big for one binding) runs one dispatch per block: `b` is the
+// block (N = its rows), its results go to columns [col_off, col_off + N) of an output row of
+// `out_cols` columns, and the bias is read from `bias_off` on (col_off for a whole bias, 0 for a
+// bias split like its weight).
+//
 // Tiled: a workgroup of WG_X x WG_Y threads computes a BM x BN tile of `out` (BM = WG_Y * TM,
 // BN = WG_X * TN); each thread keeps a TM x TN block of accumulators in registers. The K loop
 // stages BM x TK of `a` and TK x BN of `b` in workgroup memory.
@@ -14,16 +19,16 @@ struct Params {
     // Elements between consecutive batches of `b`; 0 when one `b` is shared by every batch.
     b_batch_stride: u32,
     has_bias: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    col_off: u32,   // first output column this dispatch writes (0 unless `b` is a row block)
+    out_cols: u32,  // columns of an output row (N unless `b` is a row block)
+    bias_off: u32,  // bias element of this dispatch's first column
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;        // [batch, M, K] f32
 @group(0) @binding(2) var<storage, read> b: array<u32>;        // [K, N] or [N, K] (TRANS_B), per B_DTYPE
 @group(0) @binding(3) var<storage, read> bias: array<f32>;     // [N] f32 (1 dummy element if none)
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [batch, M, N] f32
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // [batch, M, out_cols] f32
 
 override B_DTYPE: u32 = 0u;    // 0 = f32 bits, 1 = f16 pairs, 2 = bf16 pairs
 override TRANS_B: bool = false;
@@ -108,9 +113,9 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             if (c < p.n) {
                 var v = acc[i * TN + j];
                 if (p.has_bias != 0u) {
-                    v += bias[c];
+                    v += bias[p.bias_off + c];
                 }
-                out[(z * p.m + r) * p.n + c] = v;
+                out[(z * p.m + r) * p.out_cols + p.col_off + c] = v;
             }
         }
     }

@@ -44,6 +44,16 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// How to open a GPU device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceOptions {
+    /// Caps the bytes one storage binding may hold below the adapter's
+    /// `maxStorageBufferBindingSize` (never above it): weights larger than this are split into row
+    /// blocks at load (see [`crate::gpu`]). For tests and for devices that report more than they
+    /// handle well. `None`: the adapter's limit, or `TASKLOOM_MAX_BINDING_BYTES` natively when set.
+    pub max_binding_bytes: Option<u64>,
+}
+
 /// Facts about a device, for `taskloom devices` and `Runtime.info()` in JS.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DeviceInfo {
@@ -55,11 +65,17 @@ pub struct DeviceInfo {
     pub backend: String,
     /// "DiscreteGpu", "IntegratedGpu", "Cpu" (software adapters such as lavapipe), ...
     pub device_type: String,
+    /// Bytes one storage binding may hold: the adapter's `maxStorageBufferBindingSize`, lowered by
+    /// [`DeviceOptions::max_binding_bytes`] (and to 4 GiB, as kernels index with u32). Weights above
+    /// it are split into row blocks.
     pub max_storage_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroup_storage_size: u32,
     pub max_compute_invocations_per_workgroup: u32,
+    /// The adapter offers `shader-f16` (f16 arithmetic in shaders).
     pub shader_f16: bool,
+    /// The adapter offers subgroup operations (`subgroups`).
+    pub subgroups: bool,
     pub threads: usize,
 }
 
@@ -81,6 +97,11 @@ impl Device {
         Ok(Device::Gpu(GpuBackend::new().await?))
     }
 
+    /// [`Device::gpu`] with options (e.g. a smaller binding limit).
+    pub async fn gpu_with(options: &DeviceOptions) -> Result<Device> {
+        Ok(Device::Gpu(GpuBackend::with_options(options).await?))
+    }
+
     /// A GPU when one exists, else the CPU.
     pub async fn best() -> Device {
         match Device::gpu().await {
@@ -91,10 +112,19 @@ impl Device {
 
     /// `Auto` → [`Device::best`]; `Gpu` fails with [`Error::NoAdapter`] rather than falling back.
     pub async fn from_choice(choice: DeviceChoice) -> Result<Device> {
+        Device::from_choice_with(choice, &DeviceOptions::default()).await
+    }
+
+    /// [`Device::from_choice`] with GPU options. Bad options fail even under `Auto`.
+    pub async fn from_choice_with(choice: DeviceChoice, options: &DeviceOptions) -> Result<Device> {
         match choice {
-            DeviceChoice::Auto => Ok(Device::best().await),
+            DeviceChoice::Auto => match Device::gpu_with(options).await {
+                Ok(d) => Ok(d),
+                Err(e @ Error::InvalidParam { .. }) => Err(e),
+                Err(_) => Ok(Device::cpu()),
+            },
             DeviceChoice::Cpu => Ok(Device::cpu()),
-            DeviceChoice::Gpu => Device::gpu().await,
+            DeviceChoice::Gpu => Device::gpu_with(options).await,
         }
     }
 
@@ -120,6 +150,40 @@ impl Device {
             // The GPU kernels read f32/f16/bf16: a block-quantised weight is widened on the way.
             Device::Gpu(b) if data.dtype().is_quantized() => b.upload(&TensorData::f32(data.dims(), data.to_f32_vec())?),
             Device::Gpu(b) => b.upload(data),
+        }
+    }
+
+    /// Uploads the weight `name`. On a GPU, a weight above the binding limit is split into row
+    /// blocks that each fit (usable as a `Matmul { trans_b: true }` weight or an `Embedding`
+    /// table; any other op given it fails with [`Error::BufferTooLarge`] naming it). The CPU never
+    /// splits.
+    pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
+        match self {
+            Device::Cpu(b) => b.upload(data),
+            Device::Gpu(b) => b.upload_weight(data, name),
+        }
+    }
+
+    /// [`Device::upload_weight`] for a tensor that follows another's split (a bias: the same row
+    /// blocks as its weight).
+    pub fn upload_like(&self, data: &TensorData, name: &str, like: &Tensor) -> Result<Tensor> {
+        match self {
+            Device::Cpu(b) => b.upload(data),
+            Device::Gpu(b) => b.upload_like(data, name, like),
+        }
+    }
+
+    /// Row blocks `t` is stored as: 1 unless it is a GPU weight split to fit.
+    pub fn blocks(&self, t: &Tensor) -> usize {
+        crate::gpu::split_of(t).map_or(1, |s| s.blocks.len())
+    }
+
+    /// Weights this device split into row blocks so far, and the blocks they became ((0, 0) on the
+    /// CPU).
+    pub fn split_stats(&self) -> (u64, u64) {
+        match self {
+            Device::Cpu(_) => (0, 0),
+            Device::Gpu(g) => g.split_stats(),
         }
     }
 

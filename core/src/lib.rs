@@ -37,7 +37,7 @@ pub mod sparsify;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use device::{Device, DeviceChoice, DeviceInfo};
+pub use device::{Device, DeviceChoice, DeviceInfo, DeviceOptions};
 pub use dtype::DType;
 pub use error::{Error, FileError, Result};
 pub use op::{Consensus, GeluKind, Op, OpKind};

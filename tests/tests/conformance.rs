@@ -601,3 +601,63 @@ fn bad_op_inputs_are_typed_errors_on_every_device() {
         }
     }
 }
+
+/// Weights split into row blocks (a GPU with a 2 KiB binding limit) through the two ops that take
+/// them, against the CPU oracle on the whole tensors: `Matmul { trans_b }` with a whole bias, a
+/// bias split like its weight, no bias, a batched `x`; `Embedding` with ids in every block and past
+/// the vocabulary; f32, f16 and bf16 weights with odd row lengths.
+#[test]
+fn split_weights_match_the_cpu_oracle() {
+    if gpu_or_skip("split weights").is_none() {
+        return;
+    }
+    let limit = 2048;
+    let dev = pollster::block_on(Device::gpu_with(&taskloom::DeviceOptions { max_binding_bytes: Some(limit) })).unwrap();
+    let mut rng = Rng::new(0x5b11);
+    let mut failures = Vec::new();
+    let mut check = |name: String, op: Op, inputs: Vec<(TensorData, bool)>, atol: f32, rtol: f32| {
+        let host: Vec<&TensorData> = inputs.iter().map(|(t, _)| t).collect();
+        let want = taskloom::cpu::run(&op, &host).unwrap_or_else(|e| panic!("{name}: CPU oracle failed: {e}"));
+        // Inputs marked `true` go up as weights (split when above the limit); a bias follows the weight.
+        let mut ts: Vec<taskloom::Tensor> = Vec::new();
+        for (i, (t, weight)) in inputs.iter().enumerate() {
+            let up = match (weight, i) {
+                (true, 2) => dev.upload_like(t, &format!("{name} bias"), &ts[1]),
+                (true, _) => dev.upload_weight(t, &format!("{name} weight")),
+                (false, _) => dev.upload(t),
+            };
+            ts.push(up.unwrap_or_else(|e| panic!("{name}: upload {i}: {e}")));
+        }
+        let split = ts.iter().any(|t| dev.blocks(t) > 1);
+        assert!(split, "{name}: nothing was split at {limit} bytes");
+        let refs: Vec<&taskloom::Tensor> = ts.iter().collect();
+        match dev.exec1(&op, &refs).and_then(|y| pollster::block_on(dev.download(&y))) {
+            Err(e) => failures.push(format!("{name}: {e}")),
+            Ok(got) => {
+                if let Err(e) = compare(&got, &want[0], atol, rtol) {
+                    failures.push(format!("{name}: {e}"));
+                }
+            }
+        }
+    };
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        // [n, k] weights of 90..157 rows, 3 to 13 blocks (each output still fits one binding).
+        for (xd, n, k, bias) in [(vec![3usize, 41], 157usize, 41usize, "whole"), (vec![2, 2, 33], 90, 33, "split"), (vec![3, 17], 137, 17, "none")] {
+            let atol = 2e-6 * (k as f32).sqrt() * 4.0;
+            let mut inputs = vec![(f32s(&mut rng, &xd, -1.0, 1.0), false), (weights(&mut rng, &[n, k], dt), true)];
+            match bias {
+                "whole" => inputs.push((f32s(&mut rng, &[n], -1.0, 1.0), false)),
+                "split" => inputs.push((f32s(&mut rng, &[n], -1.0, 1.0), true)),
+                _ => {}
+            }
+            check(format!("split matmul x{xd:?} w[{n}, {k}] {dt} bias {bias}"), Op::Matmul { trans_b: true }, inputs, atol, 1e-5);
+        }
+        for (vocab, c) in [(257usize, 17usize), (96, 33)] {
+            let n = 13;
+            let ids = (0..n).map(|i| if i % 7 == 6 { vocab as u32 + i as u32 } else { rng.below(vocab as u32) }).collect();
+            let inputs = vec![(weights(&mut rng, &[vocab, c], dt), true), (TensorData::u32(&[n], ids).unwrap(), false)];
+            check(format!("split embedding {vocab}x{c} {dt}"), Op::Embedding, inputs, 0.0, 0.0);
+        }
+    }
+    assert!(failures.is_empty(), "{} split cases failed:\n{}", failures.len(), failures.join("\n"));
+}

@@ -14,7 +14,7 @@ mod model;
 
 pub use model::Model;
 use std::sync::atomic::{AtomicU32, Ordering};
-use taskloom::{Device, DeviceChoice, Op, TensorData};
+use taskloom::{Device, DeviceChoice, DeviceOptions, Op, TensorData};
 use wasm_bindgen::prelude::*;
 
 /// A JS error whose message starts with `CODE: `.
@@ -87,9 +87,24 @@ fn parse_dims(dims: &JsValue) -> Result<Vec<usize>, JsError> {
         .collect()
 }
 
+/// `opts.maxBindingBytes`: a whole number of bytes >= 4 that lowers the WebGPU binding limit
+/// (weights above it are split into row blocks at load); never raises the adapter's.
+fn device_options(opts: &JsValue) -> Result<DeviceOptions, JsError> {
+    let max_binding_bytes = match opt_field(opts, "maxBindingBytes")? {
+        None => None,
+        Some(v) => match v.as_f64() {
+            Some(x) if x >= 4.0 && x.fract() == 0.0 && x <= (1u64 << 53) as f64 => Some(x as u64),
+            _ => return Err(bad_input(format!("options.maxBindingBytes must be a whole number of bytes >= 4, got {}", show(&v)))),
+        },
+    };
+    Ok(DeviceOptions { max_binding_bytes })
+}
+
 /// The device `opts.device` asks for: "auto" (WebGPU when an adapter exists, else the CPU),
-/// "webgpu" (rejects with DEVICE when there is none) or "cpu".
+/// "webgpu" (rejects with DEVICE when there is none) or "cpu"; `opts.maxBindingBytes` as in
+/// [`device_options`].
 pub(crate) async fn choose_device(opts: &JsValue) -> Result<Device, JsError> {
+    let options = device_options(opts)?;
     let choice = match opt_field(opts, "device")? {
         None => DeviceChoice::Auto,
         Some(v) => {
@@ -102,7 +117,7 @@ pub(crate) async fn choose_device(opts: &JsValue) -> Result<Device, JsError> {
             return Err(js_err("DEVICE", "no GPU adapter: navigator.gpu is not available here (no WebGPU in this browser, or not a browser)"))
         }
         (DeviceChoice::Auto | DeviceChoice::Cpu, false) => Device::cpu(),
-        (c, true) => Device::from_choice(c).await.map_err(core_err)?,
+        (c, true) => Device::from_choice_with(c, &options).await.map_err(core_err)?,
     };
     Ok(device)
 }
@@ -117,7 +132,8 @@ pub struct Runtime {
 #[wasm_bindgen]
 impl Runtime {
     /// `opts.device`: "auto" (default: WebGPU when an adapter exists, else the CPU), "webgpu"
-    /// (rejects with DEVICE when there is none), or "cpu".
+    /// (rejects with DEVICE when there is none), or "cpu". `opts.maxBindingBytes` lowers the WebGPU
+    /// binding limit (for tests of weight splitting).
     pub async fn create(opts: JsValue) -> Result<Runtime, JsError> {
         let device = choose_device(&opts).await?;
         Ok(Runtime { device, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) })
@@ -132,8 +148,9 @@ impl Runtime {
         }
     }
 
-    /// The device's facts (name, backend, limits) as a plain object. Limits beyond
-    /// `Number.MAX_SAFE_INTEGER` (the CPU's "no limit") are clamped to it.
+    /// The device's facts (name, backend, limits, `shader_f16`, `subgroups`) as a plain object.
+    /// Limits beyond `Number.MAX_SAFE_INTEGER` (the CPU's "no limit") are clamped to it.
+    /// `max_storage_buffer_binding_size` is the limit in force (after `maxBindingBytes`).
     pub fn info(&self) -> Result<JsValue, JsError> {
         const MAX_SAFE: u64 = (1 << 53) - 1;
         let mut info = self.device.info();

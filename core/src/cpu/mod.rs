@@ -40,6 +40,7 @@ impl CpuBackend {
             max_compute_workgroup_storage_size: 0,
             max_compute_invocations_per_workgroup: 0,
             shader_f16: false,
+            subgroups: false,
             threads: threads(),
         }
     }

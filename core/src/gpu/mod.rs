@@ -4,12 +4,22 @@
 //! records compute passes into one pending command encoder; `flush` (or the next `download`)
 //! submits it, so a whole forward pass is one submission. Pipelines are cached by
 //! (shader, entry, override constants).
+//!
+//! ## Weights above the binding limit
+//! One storage binding holds at most `maxStorageBufferBindingSize` bytes (WebGPU's default is
+//! 128 MiB; some mobile GPUs offer less; [`crate::DeviceOptions::max_binding_bytes`] or
+//! `TASKLOOM_MAX_BINDING_BYTES` lower it further, e.g. for tests). [`GpuBackend::upload_weight`]
+//! splits a weight above it into row blocks that each fit. Two ops take a split tensor: `Matmul`
+//! with `trans_b` as its weight (one dispatch per block, each writing its own column range of the
+//! output, the bias read at that offset or split like the weight) and `Embedding` as its table (one
+//! dispatch per block, each writing the rows whose ids fall in it). Any other use of a split tensor
+//! is [`Error::BufferTooLarge`] naming it; activations are never split.
 
 pub mod kernels;
 mod merge;
 mod ops;
 
-use crate::device::{Backend, DeviceInfo};
+use crate::device::{Backend, DeviceInfo, DeviceOptions};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::op::Op;
@@ -21,22 +31,68 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
-/// A device buffer holding one tensor's elements.
+/// A device buffer holding one tensor's elements, or a weight split into row blocks.
 #[derive(Clone, Debug)]
 pub struct GpuBuffer {
-    pub(crate) buf: wgpu::Buffer,
+    mem: Mem,
+}
+
+#[derive(Clone, Debug)]
+enum Mem {
+    One(wgpu::Buffer),
+    Split(Arc<Split>),
+}
+
+/// A tensor stored as row blocks (rows = its first dimension), each in its own buffer.
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// The tensor's name (what errors report).
+    pub name: String,
+    /// Elements per row: the product of every dimension after the first (1 for a vector).
+    pub row: usize,
+    pub blocks: Vec<Block>,
+    /// Bytes of the whole tensor.
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Block {
+    pub buf: wgpu::Buffer,
+    /// Index of its first row.
+    pub first: usize,
+    pub rows: usize,
+}
+
+impl GpuBuffer {
+    fn one(buf: wgpu::Buffer) -> GpuBuffer {
+        GpuBuffer { mem: Mem::One(buf) }
+    }
+
+    /// Row blocks, when the tensor was split to fit.
+    pub(crate) fn split(&self) -> Option<&Split> {
+        match &self.mem {
+            Mem::One(_) => None,
+            Mem::Split(s) => Some(s),
+        }
+    }
 }
 
 struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     limits: wgpu::Limits,
+    /// Bytes one binding may hold: the adapter's binding and buffer limits, u32 indexing, and the
+    /// caller's [`DeviceOptions::max_binding_bytes`], whichever is least.
+    max_binding: u64,
     info: DeviceInfo,
     cache: Mutex<PipelineCache>,
     encoder: Mutex<Option<wgpu::CommandEncoder>>,
     dispatches: AtomicU64,
     /// Bytes handed to `upload` so far (allocator statistics: what a model keeps resident).
     uploaded: AtomicU64,
+    /// Tensors split into row blocks by `upload_weight`, and their blocks.
+    split_tensors: AtomicU64,
+    split_blocks: AtomicU64,
     /// Bound where a kernel's optional input is absent (WebGPU forbids zero-sized bindings).
     dummy: wgpu::Buffer,
     /// Errors wgpu reports out of band (validation, out of memory), surfaced at the next flush.
@@ -64,18 +120,21 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 
-fn describe(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> DeviceInfo {
+/// What the adapter offers; `max_binding` is the effective binding limit (clamped by the options).
+fn describe(adapter: &wgpu::Adapter, limits: &wgpu::Limits, max_binding: u64) -> DeviceInfo {
     let ai = adapter.get_info();
+    let features = adapter.features();
     DeviceInfo {
         kind: "gpu",
         name: ai.name.clone(),
         backend: format!("{:?}", ai.backend).to_lowercase().replace("browserwebgpu", "webgpu"),
         device_type: format!("{:?}", ai.device_type),
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_storage_buffer_binding_size: max_binding,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
-        shader_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
         threads: 0,
     }
 }
@@ -87,7 +146,10 @@ pub fn adapters() -> Vec<DeviceInfo> {
         let inst = instance();
         pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
             .iter()
-            .map(|a| describe(a, &a.limits()))
+            .map(|a| {
+                let l = a.limits();
+                describe(a, &l, binding_limit(&l, None))
+            })
             .collect()
     }
     #[cfg(target_arch = "wasm32")]
@@ -96,8 +158,48 @@ pub fn adapters() -> Vec<DeviceInfo> {
     }
 }
 
+/// The largest binding taskloom uses on an adapter with `limits`, clamped by `forced` (never raised),
+/// rounded down to whole 4-byte words.
+fn binding_limit(limits: &wgpu::Limits, forced: Option<u64>) -> u64 {
+    // Kernels index elements with u32, so one binding also stays under 4 GiB.
+    let l = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(u32::MAX as u64);
+    forced.map_or(l, |f| f.min(l)) / 4 * 4
+}
+
+/// `options.max_binding_bytes`, else `TASKLOOM_MAX_BINDING_BYTES` (natively), checked.
+fn forced_limit(options: &DeviceOptions) -> Result<Option<u64>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    let env = std::env::var("TASKLOOM_MAX_BINDING_BYTES").ok();
+    #[cfg(target_arch = "wasm32")]
+    let env = None;
+    forced_from(options, env.as_deref())
+}
+
+/// [`forced_limit`] with the environment variable's value given.
+fn forced_from(options: &DeviceOptions, env: Option<&str>) -> Result<Option<u64>> {
+    let bad = |reason: String| Error::InvalidParam { op: "max_binding_bytes", reason };
+    let env = match env.map(str::trim) {
+        Some(v) if !v.is_empty() => {
+            Some(v.parse::<u64>().map_err(|_| bad(format!("TASKLOOM_MAX_BINDING_BYTES='{v}' is not a whole number of bytes")))?)
+        }
+        _ => None,
+    };
+    let forced = options.max_binding_bytes.or(env);
+    if let Some(f) = forced {
+        if f < 4 {
+            return Err(bad(format!("{f} bytes: a binding needs at least 4")));
+        }
+    }
+    Ok(forced)
+}
+
 impl GpuBackend {
     pub async fn new() -> Result<GpuBackend> {
+        GpuBackend::with_options(&DeviceOptions::default()).await
+    }
+
+    pub async fn with_options(options: &DeviceOptions) -> Result<GpuBackend> {
+        let forced = forced_limit(options)?;
         let inst = instance();
         let adapter = inst
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -125,7 +227,8 @@ impl GpuBackend {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             lock(&slot).get_or_insert_with(|| e.to_string());
         }));
-        let info = describe(&adapter, &limits);
+        let max_binding = binding_limit(&limits, forced);
+        let info = describe(&adapter, &limits, max_binding);
         let dummy = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("dummy"),
             contents: &[0u8; 16],
@@ -139,11 +242,14 @@ impl GpuBackend {
                 device,
                 queue,
                 limits,
+                max_binding,
                 info,
                 cache: Mutex::default(),
                 encoder: Mutex::new(None),
                 dispatches: AtomicU64::new(0),
                 uploaded: AtomicU64::new(0),
+                split_tensors: AtomicU64::new(0),
+                split_blocks: AtomicU64::new(0),
                 dummy,
                 error,
             }),
@@ -164,6 +270,16 @@ impl GpuBackend {
         self.inner.uploaded.load(Ordering::Relaxed)
     }
 
+    /// Tensors `upload_weight` split into row blocks so far, and the blocks they became.
+    pub fn split_stats(&self) -> (u64, u64) {
+        (self.inner.split_tensors.load(Ordering::Relaxed), self.inner.split_blocks.load(Ordering::Relaxed))
+    }
+
+    /// Bytes one binding may hold on this device (after any forced limit).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.max_binding
+    }
+
     /// Pipelines compiled so far.
     pub fn pipeline_count(&self) -> usize {
         lock(&self.inner.cache).len()
@@ -178,9 +294,7 @@ impl GpuBackend {
 
     /// Checks one binding's size against the adapter's limits.
     fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
-        // Kernels index elements with u32, so one binding also stays under 4 GiB.
-        let limits = &self.inner.limits;
-        let limit = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(u32::MAX as u64);
+        let limit = self.inner.max_binding;
         if bytes > limit {
             return Err(Error::BufferTooLarge { what: what.to_string(), bytes, limit });
         }
@@ -197,7 +311,85 @@ impl GpuBackend {
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Tensor { shape, dtype, storage: Storage::Gpu(GpuBuffer { buf }) })
+        Ok(Tensor { shape, dtype, storage: Storage::Gpu(GpuBuffer::one(buf)) })
+    }
+
+    /// One storage buffer holding `bytes` (padded to 4), counted as uploaded.
+    fn upload_bytes(&self, bytes: &[u8]) -> wgpu::Buffer {
+        let mut contents = bytes.to_vec();
+        contents.resize(padded(bytes.len() as u64) as usize, 0);
+        self.inner.uploaded.fetch_add(contents.len() as u64, Ordering::Relaxed);
+        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: &contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Uploads the weight `name`; above the binding limit it is split into row blocks that each
+    /// fit (see the module docs). [`Error::BufferTooLarge`] naming it when one row alone is too big.
+    pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
+        let bytes = data.data().as_bytes();
+        let limit = self.inner.max_binding;
+        if padded(bytes.len() as u64) <= limit {
+            return self.upload(data);
+        }
+        if data.dims().len() != 2 {
+            // Only matrices are split (the ops that take a split tensor read [rows, cols]).
+            let what = format!("'{name}' ({:?}; only 2-D weights are split to fit)", data.dims());
+            return Err(Error::BufferTooLarge { what, bytes: bytes.len() as u64, limit });
+        }
+        let rows = data.dims()[0];
+        let row_bytes = (bytes.len() / rows.max(1)) as u64;
+        let per_block = limit.checked_div(row_bytes).unwrap_or(0) as usize;
+        if per_block == 0 {
+            let what = format!("'{name}' (one row of {row_bytes} bytes; a tensor is split only between rows)");
+            return Err(Error::BufferTooLarge { what, bytes: bytes.len() as u64, limit });
+        }
+        // Even blocks: as few as fit, the same size give or take a row.
+        let n = rows.div_ceil(per_block);
+        let per_block = rows.div_ceil(n);
+        let ranges: Vec<(usize, usize)> = (0..rows).step_by(per_block).map(|first| (first, per_block.min(rows - first))).collect();
+        self.upload_rows(data, name, &ranges)
+    }
+
+    /// Uploads `data` as the row blocks `ranges` (first row, rows).
+    fn upload_rows(&self, data: &TensorData, name: &str, ranges: &[(usize, usize)]) -> Result<Tensor> {
+        let bytes = data.data().as_bytes();
+        let rows = data.dims().first().copied().unwrap_or(1);
+        let row_bytes = bytes.len() / rows.max(1);
+        let mut blocks = Vec::with_capacity(ranges.len());
+        for &(first, n) in ranges {
+            let part = &bytes[first * row_bytes..(first + n) * row_bytes];
+            self.check_size(name, padded(part.len() as u64))?;
+            blocks.push(Block { buf: self.upload_bytes(part), first, rows: n });
+        }
+        self.inner.split_tensors.fetch_add(1, Ordering::Relaxed);
+        self.inner.split_blocks.fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        let row = data.dims().iter().skip(1).product();
+        let split = Split { name: name.to_string(), row, blocks, bytes: bytes.len() as u64 };
+        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Gpu(GpuBuffer { mem: Mem::Split(Arc::new(split)) }) })
+    }
+
+    /// Uploads `data` (e.g. a bias) split into the same row blocks as `like` when `like` is split
+    /// and has as many rows; otherwise as [`GpuBackend::upload_weight`].
+    pub fn upload_like(&self, data: &TensorData, name: &str, like: &Tensor) -> Result<Tensor> {
+        match split_of(like) {
+            Some(s) if data.dims().first() == like.dims().first() => {
+                let ranges: Vec<(usize, usize)> = s.blocks.iter().map(|b| (b.first, b.rows)).collect();
+                self.upload_rows(data, name, &ranges)
+            }
+            _ => self.upload_weight(data, name),
+        }
+    }
+
+    /// The error for a split tensor given to an op that cannot take one.
+    pub(crate) fn split_error(&self, s: &Split, use_: &str) -> Error {
+        Error::BufferTooLarge {
+            what: format!("'{}' (split into {} row blocks to fit one binding; {use_} cannot take a split tensor)", s.name, s.blocks.len()),
+            bytes: s.bytes,
+            limit: self.inner.max_binding,
+        }
     }
 
     /// A small read-only buffer for an unused binding.
@@ -272,8 +464,29 @@ fn padded(bytes: u64) -> u64 {
 
 pub(crate) fn buffer(t: &Tensor) -> Result<&wgpu::Buffer> {
     match &t.storage {
-        Storage::Gpu(g) => Ok(&g.buf),
+        Storage::Gpu(GpuBuffer { mem: Mem::One(buf) }) => Ok(buf),
+        Storage::Gpu(GpuBuffer { mem: Mem::Split(s) }) => Err(Error::BufferTooLarge {
+            what: format!("'{}' (split into {} row blocks to fit one binding; this op cannot take a split tensor)", s.name, s.blocks.len()),
+            bytes: s.bytes,
+            limit: 0,
+        }),
         Storage::Cpu(_) => Err(Error::WrongDevice { wanted: "gpu", found: "cpu" }),
+    }
+}
+
+/// The row blocks of a split tensor; `None` for a whole one (or a CPU tensor).
+pub(crate) fn split_of(t: &Tensor) -> Option<&Split> {
+    match &t.storage {
+        Storage::Gpu(g) => g.split(),
+        Storage::Cpu(_) => None,
+    }
+}
+
+/// `t`'s buffers as (buffer, first row, rows): one entry covering every row unless it is split.
+pub(crate) fn blocks(t: &Tensor) -> Result<Vec<(&wgpu::Buffer, usize, usize)>> {
+    match split_of(t) {
+        Some(s) => Ok(s.blocks.iter().map(|b| (&b.buf, b.first, b.rows)).collect()),
+        None => Ok(vec![(buffer(t)?, 0, t.dims().first().copied().unwrap_or(1))]),
     }
 }
 
@@ -281,55 +494,80 @@ impl Backend for GpuBackend {
     fn upload(&self, data: &TensorData) -> Result<Tensor> {
         let bytes = data.data().as_bytes();
         self.check_size("upload", padded(bytes.len() as u64))?;
-        let mut contents = bytes.to_vec();
-        contents.resize(padded(bytes.len() as u64) as usize, 0);
-        self.inner.uploaded.fetch_add(contents.len() as u64, Ordering::Relaxed);
-        let buf = self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: None,
-            contents: &contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        });
-        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Gpu(GpuBuffer { buf }) })
+        let buf = self.upload_bytes(bytes);
+        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Gpu(GpuBuffer::one(buf)) })
     }
 
     async fn download(&self, t: &Tensor) -> Result<TensorData> {
-        let src = buffer(t)?;
-        let len = t.shape.numel() as u64 * t.dtype.size_in_bytes() as u64;
-        let size = padded(len);
+        // (buffer, bytes) per block: one for a whole tensor.
+        let row_bytes = match split_of(t) {
+            Some(s) => s.row as u64 * t.dtype.size_in_bytes() as u64,
+            None => 0,
+        };
+        let parts: Vec<(&wgpu::Buffer, u64)> = match split_of(t) {
+            Some(s) => s.blocks.iter().map(|b| (&b.buf, b.rows as u64 * row_bytes)).collect(),
+            None => vec![(buffer(t)?, t.shape.numel() as u64 * t.dtype.size_in_bytes() as u64)],
+        };
         let dev = &self.inner.device;
-        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
         let mut enc = lock(&self.inner.encoder)
             .take()
             .unwrap_or_else(|| dev.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") }));
-        enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+        let mut staged = Vec::with_capacity(parts.len());
+        for &(src, len) in &parts {
+            let size = padded(len);
+            let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
+            staged.push((staging, len));
+        }
         self.inner.queue.submit([enc.finish()]);
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        let mut waits = Vec::with_capacity(staged.len());
+        for (staging, _) in &staged {
+            let (tx, rx) = futures_channel::oneshot::channel();
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            });
+            waits.push(rx);
+        }
         #[cfg(not(target_arch = "wasm32"))]
         dev.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(e.to_string()))?;
-        let mapped = rx.await.map_err(|_| Error::Gpu("readback was cancelled (device lost?)".into()))?;
-        self.take_error()?;
-        mapped.map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
-        let data = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(e.to_string()))?;
-            HostData::from_bytes(t.dtype, &view[..len as usize])?
-        };
-        staging.unmap();
-        TensorData::new(t.dims(), data)
+        let mut bytes = Vec::with_capacity(staged.iter().map(|(_, l)| *l as usize).sum());
+        for ((staging, len), rx) in staged.iter().zip(waits) {
+            let mapped = rx.await.map_err(|_| Error::Gpu("readback was cancelled (device lost?)".into()))?;
+            self.take_error()?;
+            mapped.map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
+            {
+                let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(e.to_string()))?;
+                bytes.extend_from_slice(&view[..*len as usize]);
+            }
+            staging.unmap();
+        }
+        TensorData::new(t.dims(), HostData::from_bytes(t.dtype, &bytes)?)
     }
 
     fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let metas: Vec<_> = inputs.iter().map(|t| (t.shape, t.dtype)).collect();
         let outs = op.infer(&metas)?;
-        for t in inputs {
-            buffer(t)?;
+        for (i, t) in inputs.iter().enumerate() {
+            match split_of(t) {
+                None => drop(buffer(t)?),
+                Some(s) => {
+                    // A split weight is only ever a trans_b matmul's weight (or its bias, checked
+                    // against the weight's blocks by the encoder) or an embedding table.
+                    let ok = match op {
+                        Op::Matmul { trans_b: true } => (i == 1 && t.shape.rank() == 2) || (i == 2 && split_of(inputs[1]).is_some()),
+                        Op::Embedding => i == 0,
+                        _ => false,
+                    };
+                    if !ok || (i < 2 && t.shape.rank() >= 2 && t.dims()[1..].iter().product::<usize>() != s.row) {
+                        return Err(self.split_error(s, &format!("{} (input {i})", op.name())));
+                    }
+                }
+            }
         }
         ops::encode(self, op, inputs, &outs)
     }
@@ -343,5 +581,31 @@ impl Backend for GpuBackend {
             self.inner.queue.submit([enc.finish()]);
         }
         self.take_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_limits_clamp_and_never_raise() {
+        let none = DeviceOptions::default();
+        let opt = |b| DeviceOptions { max_binding_bytes: Some(b) };
+        assert_eq!(forced_from(&none, None).unwrap(), None);
+        assert_eq!(forced_from(&none, Some(" ")).unwrap(), None);
+        assert_eq!(forced_from(&none, Some(" 4096 ")).unwrap(), Some(4096));
+        // The option wins over the environment.
+        assert_eq!(forced_from(&opt(3000), Some("4096")).unwrap(), Some(3000));
+        for bad in ["12k", "-1", "1.5"] {
+            assert!(matches!(forced_from(&none, Some(bad)), Err(Error::InvalidParam { .. })), "{bad}");
+        }
+        assert!(matches!(forced_from(&opt(3), None), Err(Error::InvalidParam { .. })));
+        let limits = wgpu::Limits { max_storage_buffer_binding_size: 1 << 27, max_buffer_size: 1 << 28, ..Default::default() };
+        assert_eq!(binding_limit(&limits, None), 1 << 27);
+        assert_eq!(binding_limit(&limits, Some(3001)), 3000, "whole 4-byte words");
+        assert_eq!(binding_limit(&limits, Some(1 << 40)), 1 << 27, "never raised");
+        let big = wgpu::Limits { max_storage_buffer_binding_size: 1 << 40, max_buffer_size: 1 << 40, ..Default::default() };
+        assert_eq!(binding_limit(&big, None), (u32::MAX as u64) / 4 * 4, "u32 indexing");
     }
 }

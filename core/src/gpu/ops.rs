@@ -5,7 +5,7 @@ use super::kernels::{
     grouped_matmul_constants, grouped_matmul_tile, lora_shrink_constants, lora_shrink_lanes, matmul_constants, Shader, LORA_SHRINK_WG,
     MATMUL_TILES,
 };
-use super::{buffer, GpuBackend};
+use super::{blocks, buffer, split_of, GpuBackend};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::op::{GeluKind, Meta, Op};
@@ -71,15 +71,28 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             let n = out[0].shape.from_end(0);
             let batch = numel / (m * n);
             let stride = if b.rank() == 2 { 0 } else { k * n };
-            let tile = if m <= 16 || n <= 16 || m * n <= 64 * 64 { &MATMUL_TILES[1] } else { &MATMUL_TILES[0] };
+            // One dispatch per row block of a split weight (one block covering every row otherwise),
+            // each writing output columns [first, first + rows).
+            let weight = if split_of(inputs[1]).is_some() { blocks(inputs[1])? } else { vec![(inb(1)?, 0, n)] };
             let bias = match inputs.get(2) {
-                Some(t) => buffer(t)?,
-                None => g.dummy(),
+                Some(t) if split_of(t).is_some() => {
+                    let bb = blocks(t)?;
+                    if bb.iter().map(|x| (x.1, x.2)).ne(weight.iter().map(|x| (x.1, x.2))) {
+                        return Err(g.split_error(split_of(t).expect("split"), "matmul (a bias split unlike its weight)"));
+                    }
+                    bb.into_iter().map(|x| (x.0, false)).collect()
+                }
+                Some(t) => vec![(buffer(t)?, true); weight.len()],
+                None => vec![(g.dummy(), false); weight.len()],
             };
-            let params = words(&[u(m), u(n), u(k), u(stride), inputs.len() as u32 - 2, 0, 0, 0]);
-            let groups = [u(n).div_ceil(tile.bn()), u(m).div_ceil(tile.bm()), u(batch)];
-            let consts = matmul_constants(inputs[1].dtype.shader_code(), trans_b, tile);
-            g.dispatch(Shader::Matmul, "matmul", &consts, &params, &[inb(0)?, inb(1)?, bias, ob], groups)?;
+            let consts_for = |tile| matmul_constants(inputs[1].dtype.shader_code(), trans_b, tile);
+            for (&(wb, first, rows), &(bb, whole)) in weight.iter().zip(&bias) {
+                let tile = if m <= 16 || rows <= 16 || m * rows <= 64 * 64 { &MATMUL_TILES[1] } else { &MATMUL_TILES[0] };
+                let bias_off = if whole { first } else { 0 };
+                let params = words(&[u(m), u(rows), u(k), u(stride), inputs.len() as u32 - 2, u(first), u(n), u(bias_off)]);
+                let groups = [u(rows).div_ceil(tile.bn()), u(m).div_ceil(tile.bm()), u(batch)];
+                g.dispatch(Shader::Matmul, "matmul", &consts_for(tile), &params, &[inb(0)?, wb, bb, ob], groups)?;
+            }
         }
         Op::Add | Op::Mul | Op::Axpy { .. } | Op::Scale { .. } | Op::Gelu(_) | Op::Silu | Op::Sigmoid | Op::Relu => {
             let (entry, alpha) = match *op {
@@ -114,10 +127,14 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
             g.dispatch(Shader::Norm, entry, &[], &params, &[inb(0)?, gamma, beta, ob], g.grid(shape.rows(), 1)?)?;
         }
         Op::Embedding => {
-            let t = &inputs[0].shape;
-            let params = words(&[u(numel), u(t.dims()[1]), u(t.dims()[0]), 0]);
+            // One dispatch per row block of a split table: the first writes zeros for ids outside
+            // its rows, the later ones only their own rows.
+            let cols = inputs[0].shape.dims()[1];
             let consts = [("T_DTYPE", inputs[0].dtype.shader_code() as f64)];
-            g.dispatch(Shader::Embedding, "embedding", &consts, &params, &[inb(0)?, inb(1)?, ob], g.grid(numel, WG)?)?;
+            for (i, (tb, first, rows)) in blocks(inputs[0])?.into_iter().enumerate() {
+                let params = words(&[u(numel), u(cols), u(rows), u(first), (i == 0) as u32, 0, 0, 0]);
+                g.dispatch(Shader::Embedding, "embedding", &consts, &params, &[tb, inb(1)?, ob], g.grid(numel, WG)?)?;
+            }
         }
         Op::Rope { theta } => {
             let x = &inputs[0].shape;

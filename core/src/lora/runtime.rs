@@ -190,6 +190,10 @@ fn restack(dev: &Device, set: &LoraSet, linears: &mut [&mut Linear]) -> Result<(
 
 /// Sets each linear's weight to `base + Σ w·s·B·A` over `mix`, for the linears `touched` names.
 fn refuse(dev: &Device, adapters: &[Arc<Adapter>], mix: &BTreeMap<usize, f32>, linears: &mut [&mut Linear], touched: &dyn Fn(&str) -> bool) -> Result<()> {
+    // A weight split to fit the device cannot take a fused delta: refuse before changing any.
+    for l in linears.iter().filter(|l| touched(&l.name) && mix.iter().any(|(s, w)| *w != 0.0 && adapters[*s].modules.contains_key(&l.name))) {
+        l.check_fusable(dev)?;
+    }
     for l in linears.iter_mut() {
         if !touched(&l.name) {
             continue;

@@ -1,6 +1,11 @@
 //! Models built from the op table. A model reads its `config.json`, pulls named tensors from a
 //! [`Weights`] source (safetensors natively or from bytes in wasm), uploads them to a [`Device`]
 //! and runs its forward pass as a sequence of ops on that device.
+//!
+//! Weights go up through [`Device::upload_weight`]: on a GPU, one larger than a storage binding may
+//! hold (a vocabulary's embedding table or LM head, a big linear) is split into row blocks that each
+//! fit, and `Matmul`/`Embedding` run over the blocks, so model code is the same either way (a tied
+//! LM head shares the embedding's blocks; a bias is split like its weight).
 
 pub mod bert;
 pub mod causal;
@@ -73,8 +78,8 @@ impl Weights for Tracked<'_> {
     }
 }
 
-/// Fetches `name`, checks its shape, uploads it.
-pub(crate) fn load(dev: &Device, w: &dyn Weights, name: &str, dims: &[usize]) -> Result<Tensor> {
+/// Fetches `name` and checks its shape.
+fn fetch(w: &dyn Weights, name: &str, dims: &[usize]) -> Result<TensorData> {
     let t = w.tensor(name)?;
     if t.dims() != dims {
         return Err(Error::File {
@@ -82,7 +87,13 @@ pub(crate) fn load(dev: &Device, w: &dyn Weights, name: &str, dims: &[usize]) ->
             kind: crate::FileError::BadHeader(format!("tensor '{name}' has shape {:?}, the config implies {dims:?}", t.dims())),
         });
     }
-    dev.upload(&t)
+    Ok(t)
+}
+
+/// Fetches `name`, checks its shape, uploads it (split into row blocks on a GPU when it is larger
+/// than one binding may hold: see [`Device::upload_weight`]).
+pub(crate) fn load(dev: &Device, w: &dyn Weights, name: &str, dims: &[usize]) -> Result<Tensor> {
+    dev.upload_weight(&fetch(w, name, dims)?, name)
 }
 
 /// `y = x · Wᵀ + b`, with `W [out, in]` as PyTorch's `nn.Linear` stores it, plus the LoRA
@@ -103,15 +114,37 @@ pub struct Linear {
 
 impl Linear {
     pub fn load(dev: &Device, w: &dyn Weights, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
-        Ok(Linear {
-            name: prefix.to_string(),
-            w: load(dev, w, &format!("{prefix}.weight"), &[out, inp])?,
-            base: None,
-            b: if bias { Some(load(dev, w, &format!("{prefix}.bias"), &[out])?) } else { None },
-            inp,
-            out,
-            lora: None,
-        })
+        let weight = load(dev, w, &format!("{prefix}.weight"), &[out, inp])?;
+        let b = if bias {
+            let name = format!("{prefix}.bias");
+            // Split into the weight's row blocks when the weight is split.
+            Some(dev.upload_like(&fetch(w, &name, &[out])?, &name, &weight)?)
+        } else {
+            None
+        };
+        Ok(Linear { name: prefix.to_string(), w: weight, base: None, b, inp, out, lora: None })
+    }
+
+    /// Row blocks the weight is stored as (1 unless it was split to fit the device).
+    pub fn blocks(&self, dev: &Device) -> usize {
+        dev.blocks(&self.w)
+    }
+
+    /// Fusing adapters into a split weight is not supported (its delta would not fit one binding
+    /// either): [`Error::BufferTooLarge`] naming the weight. Its adapters still run unfused.
+    pub fn check_fusable(&self, dev: &Device) -> Result<()> {
+        match crate::gpu::split_of(&self.w) {
+            None => Ok(()),
+            Some(s) => Err(Error::BufferTooLarge {
+                what: format!(
+                    "fusing adapters into '{}.weight' (split into {} row blocks to fit one binding; use its adapters unfused)",
+                    self.name,
+                    s.blocks.len()
+                ),
+                bytes: s.bytes,
+                limit: dev.info().max_storage_buffer_binding_size,
+            }),
+        }
     }
 
     /// `x [.., in]` → `[.., out]`; with `sel`, each row also gets its adapters' `Σ wᵢ·sᵢ·Bᵢ·(Aᵢ·x)`.

@@ -166,8 +166,8 @@ impl SparseMoe {
             }
             (
                 load(dev, w, &format!("{layer}.mlp.gate.weight"), &[e, c])?,
-                dev.upload(&TensorData::f32(&[e, f, c], g)?)?,
-                dev.upload(&TensorData::f32(&[e, f, c], u)?)?,
+                dev.upload_weight(&TensorData::f32(&[e, f, c], g)?, &format!("{fused} (gate half)"))?,
+                dev.upload_weight(&TensorData::f32(&[e, f, c], u)?, &format!("{fused} (up half)"))?,
                 load(dev, w, &format!("{layer}.mlp.experts.down_proj"), &[e, c, f])?,
             )
         } else {
@@ -179,9 +179,9 @@ impl SparseMoe {
             let names = |wn: &str| (0..e).map(|i| format!("{p}.experts.{i}.{wn}.weight")).collect::<Vec<_>>();
             (
                 load(dev, w, &format!("{p}.gate.weight"), &[e, c])?,
-                dev.upload(&stack(w, &names(g), f, c)?)?,
-                dev.upload(&stack(w, &names(u), f, c)?)?,
-                dev.upload(&stack(w, &names(d), c, f)?)?,
+                dev.upload_weight(&stack(w, &names(g), f, c)?, &format!("{p}.experts.*.{g}.weight"))?,
+                dev.upload_weight(&stack(w, &names(u), f, c)?, &format!("{p}.experts.*.{u}.weight"))?,
+                dev.upload_weight(&stack(w, &names(d), c, f)?, &format!("{p}.experts.*.{d}.weight"))?,
             )
         };
         let shared = if spec.shared_width > 0 {
