@@ -160,6 +160,7 @@ impl Device {
     pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),
+            Device::Gpu(b) if data.dtype().is_quantized() => b.upload_weight(&TensorData::f32(data.dims(), data.to_f32_vec())?, name),
             Device::Gpu(b) => b.upload_weight(data, name),
         }
     }
