@@ -171,7 +171,7 @@ fn forced_limit(options: &DeviceOptions) -> Result<Option<u64>> {
     #[cfg(not(target_arch = "wasm32"))]
     let env = std::env::var("TASKLOOM_MAX_BINDING_BYTES").ok();
     #[cfg(target_arch = "wasm32")]
-    let env = None;
+    let env: Option<String> = None;
     forced_from(options, env.as_deref())
 }
 
