@@ -50,7 +50,7 @@ echo "wasm size: taskloom $ours_wasm bytes ($(gzip -9c pkg/dist/taskloom_web_bg.
 if [ "${RECORD:-1}" = 1 ]; then
   node scripts/bench_web.mjs --device webgpu --runs "$RUNS" | tee -a "$log"
   node scripts/bench_web.mjs --model smollm2 --device cpu --runs 3 | tee -a "$log"
-  node scripts/bench_web.mjs --model smollm2 --device webgpu --runs 3 | tee -a "$log"
+  node scripts/bench_web.mjs --model smollm2 --device webgpu --runs 1 | tee -a "$log" # SwiftShader: minutes per run
 fi
 
 if [ "${DEMOS:-0}" = 1 ]; then
