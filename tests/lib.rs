@@ -112,3 +112,27 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// Every number of a JSON value (nested arrays flattened, row-major) as f32: expected outputs in
+/// the fixtures' `expected.json` files.
+pub fn json_floats(v: &serde_json::Value) -> Vec<f32> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.as_f64().expect("a number") as f32),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+/// A JSON array of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("an array of ids").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+}
+
+/// The `config.json` of a Hugging Face folder, parsed.
+pub fn hf_config(dir: &std::path::Path) -> taskloom::models::config::ModelConfig {
+    taskloom::models::config::ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}

@@ -19,25 +19,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
-        match v {
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn config(dir: &Path) -> ModelConfig {
-    ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
-}
+use taskloom_tests::{hf_config as config, json_floats as floats, json_ids as ids};
 
 fn llama(dev: &Device, base: &str) -> Llama {
     let dir = root().join(base);

@@ -16,13 +16,7 @@ fn dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny").join(name)
 }
 
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
+use taskloom_tests::{json_floats as floats, json_ids as ids};
 
 fn config(name: &str) -> ModelConfig {
     ModelConfig::parse("config.json", &std::fs::read_to_string(dir(name).join("config.json")).unwrap()).unwrap()

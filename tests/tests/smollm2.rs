@@ -6,11 +6,7 @@
 use taskloom::models::causal::CausalLm;
 use taskloom::models::generate::Sampling;
 use taskloom::Device;
-use taskloom_tests::{fixture_json, model_or_skip};
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
+use taskloom_tests::{fixture_json, json_ids as ids, model_or_skip};
 
 #[test]
 fn smollm2_gguf_matches_transformers_on_cpu() {

@@ -37,25 +37,7 @@ fn limited(test: &str, bytes: u64) -> Option<Device> {
     Some(dev)
 }
 
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
-        match v {
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            x => out.push(x.as_f64().unwrap() as f32),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn config(dir: &Path) -> ModelConfig {
-    ModelConfig::parse("config.json", &std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
-}
+use taskloom_tests::{hf_config as config, json_floats as floats, json_ids as ids};
 
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
