@@ -122,19 +122,10 @@ impl QuantMatrix {
     /// Widens block `b` (flat index over all rows) into `w`.
     #[inline(always)]
     fn block(&self, b: usize, w: &mut [f32; BLOCK]) {
-        let d = self.scale[b];
         if self.dtype == DType::Q8_0 {
-            let q = &self.qs[b * 32..b * 32 + 32];
-            for j in 0..32 {
-                w[j] = f32::from(q[j] as i8) * d;
-            }
+            widen_block::<true>(self, b, w)
         } else {
-            let m = self.min[b];
-            let q = &self.qs[b * 16..b * 16 + 16];
-            for j in 0..16 {
-                w[j] = f32::from(q[j] & 0x0f) * d + m;
-                w[j + 16] = f32::from(q[j] >> 4) * d + m;
-            }
+            widen_block::<false>(self, b, w)
         }
     }
 
@@ -209,12 +200,19 @@ unsafe impl Sync for Out {}
 fn gemv(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
     let dst = Out(out.as_mut_ptr());
     #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    // Σ x per block, once for all tasks: the AVX2 one-row kernel's Q4 offsets term.
+    #[cfg(target_arch = "x86_64")]
+    let xsum: Vec<f32> = if avx2 && m == 1 && w.dtype != DType::Q8_0 {
+        x[..w.cols / BLOCK * BLOCK].chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+    } else {
+        Vec::new()
+    };
     for_col_blocks(w.rows, |c0, cols| {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            // SAFETY: the CPU has AVX2 (checked above); the columns are this task's own.
-            return unsafe { gemv_cols_avx2(x, m, w, c0, cols, &dst) };
+            // SAFETY: the CPU has AVX2 and FMA (checked above); the columns are this task's own.
+            return unsafe { gemv_cols_avx2(x, &xsum, m, w, c0, cols, &dst) };
         }
         // SAFETY: as above.
         unsafe { gemv_cols(x, m, w, c0, cols, &dst) }
@@ -223,11 +221,11 @@ fn gemv(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_cols_avx2(x: &[f32], m: usize, w: &QuantMatrix, c0: usize, cols: usize, dst: &Out) {
+unsafe fn gemv_cols_avx2(x: &[f32], xsum: &[f32], m: usize, w: &QuantMatrix, c0: usize, cols: usize, dst: &Out) {
     // SAFETY: the caller's contract, passed on; AVX2 and FMA are enabled here.
     unsafe {
         if m == 1 {
-            avx2::gemv1(x, w, c0, cols, dst)
+            avx2::gemv1(x, xsum, w, c0, cols, dst)
         } else {
             gemv_cols(x, m, w, c0, cols, dst)
         }
@@ -255,14 +253,13 @@ mod avx2 {
     }
 
     /// # Safety
-    /// AVX2 and FMA are available; `dst` as in `gemv_cols` with m = 1.
+    /// AVX2 and FMA are available; `dst` as in `gemv_cols` with m = 1; `xsum` holds Σ x per block
+    /// (4-bit kinds; empty for Q8_0).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn gemv1(x: &[f32], w: &QuantMatrix, c0: usize, cols: usize, dst: &Out) {
+    pub(super) unsafe fn gemv1(x: &[f32], xsum: &[f32], w: &QuantMatrix, c0: usize, cols: usize, dst: &Out) {
         let nb = w.cols / BLOCK;
-        assert!(x.len() >= nb * BLOCK && (c0 + cols) * nb <= w.scale.len());
         let q8 = w.dtype == DType::Q8_0;
-        // Σ x per block, for the Q4 offsets.
-        let xsum: Vec<f32> = if q8 { Vec::new() } else { x[..nb * BLOCK].chunks_exact(BLOCK).map(|b| b.iter().sum()).collect() };
+        assert!(x.len() >= nb * BLOCK && (c0 + cols) * nb <= w.scale.len() && (q8 || xsum.len() == nb));
         let xp = x.as_ptr();
         // SAFETY (whole body): every load reads inside x (nb blocks of 32), w.qs (the column's nb
         // blocks of 16 or 32 bytes) or w.scale / w.min (asserted above); dst as the contract says.
@@ -305,7 +302,7 @@ mod avx2 {
                 let mut v = hsum(_mm256_add_ps(a0, a1));
                 if !q8 {
                     let mins = &w.min[base..base + nb];
-                    v += mins.iter().zip(&xsum).map(|(m, s)| m * s).sum::<f32>();
+                    v += mins.iter().zip(xsum).map(|(m, s)| m * s).sum::<f32>();
                 }
                 *dst.0.add(c) = v;
             }

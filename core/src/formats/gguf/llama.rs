@@ -50,22 +50,25 @@ pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
 /// `h·d + 2i + j` holds HF row `h·d + j·d/2 + i` (d = rows / n_head). `None` when `rows` is not a
 /// multiple of `2·n_head` or the data is not `rows × cols`.
 pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Option<Vec<f32>> {
-    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows.checked_mul(cols) != Some(data.len()) {
+    if rows.checked_mul(cols) != Some(data.len()) {
         return None;
     }
-    let d = rows / n_head;
-    let half = d / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * d + 2 * i + j) * cols;
-                let dst = (h * d + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
+    let src = unpermuted_sources(rows, n_head)?;
+    let mut out = Vec::with_capacity(data.len());
+    for s in src {
+        out.extend_from_slice(&data[s * cols..(s + 1) * cols]);
     }
     Some(out)
+}
+
+/// For each Hugging Face row `r`, the GGUF row that holds it (see [`unpermute_rows`]); `None` when
+/// `rows` is not a multiple of `2·n_head`.
+pub(crate) fn unpermuted_sources(rows: usize, n_head: usize) -> Option<Vec<usize>> {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return None;
+    }
+    let (d, half) = (rows / n_head, rows / n_head / 2);
+    Some((0..rows).map(|r| (r / d) * d + 2 * (r % d % half) + r % d / half).collect())
 }
 
 /// A Llama GGUF file served under Hugging Face tensor names, with q/k rows in HF order.
@@ -119,16 +122,8 @@ impl GgufWeights {
         let bad = |e: Error| self.gguf.bad(format!("tensor '{g}': {e}"));
         let mut q = crate::quant::QuantMatrix::from_ggml(dtype, rows, cols, self.gguf.bytes(g)?).map_err(bad)?;
         if let Some(heads) = heads {
-            if heads == 0 || !rows.is_multiple_of(2 * heads) {
-                return Err(self.gguf.bad(format!("tensor '{g}': {rows} rows do not split into {heads} heads of rotary pairs")));
-            }
-            // HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (see `unpermute_rows`).
-            let (d, half) = (rows / heads, rows / heads / 2);
-            let src: Vec<usize> = (0..rows).map(|r| {
-                let (h, rest) = (r / d, r % d);
-                let (j, i) = (rest / half, rest % half);
-                h * d + 2 * i + j
-            }).collect();
+            let src = unpermuted_sources(rows, heads)
+                .ok_or_else(|| self.gguf.bad(format!("tensor '{g}': {rows} rows do not split into {heads} heads of rotary pairs")))?;
             q = q.permute_rows(&src);
         }
         Ok(Some(TensorData::new(&dims, crate::tensor::HostData::Quant(std::sync::Arc::new(q)))?))
