@@ -147,9 +147,7 @@ impl Device {
     pub fn upload(&self, data: &TensorData) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),
-            // The GPU kernels read f32/f16/bf16: a block-quantised weight is widened on the way.
-            Device::Gpu(b) if data.dtype().is_quantized() => b.upload(&TensorData::f32(data.dims(), data.to_f32_vec())?),
-            Device::Gpu(b) => b.upload(data),
+            Device::Gpu(b) => b.upload(&*for_gpu(data)?),
         }
     }
 
@@ -160,8 +158,7 @@ impl Device {
     pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),
-            Device::Gpu(b) if data.dtype().is_quantized() => b.upload_weight(&TensorData::f32(data.dims(), data.to_f32_vec())?, name),
-            Device::Gpu(b) => b.upload_weight(data, name),
+            Device::Gpu(b) => b.upload_weight(&*for_gpu(data)?, name),
         }
     }
 
@@ -245,5 +242,15 @@ impl Device {
             res.push(self.download(o).await?);
         }
         Ok(res)
+    }
+}
+
+/// `data` as the GPU kernels can read it (f32/f16/bf16/u32/i32): a block-quantised weight is
+/// widened to f32 on the way, anything else passes as it is.
+fn for_gpu(data: &TensorData) -> Result<std::borrow::Cow<'_, TensorData>> {
+    if data.dtype().is_quantized() {
+        Ok(std::borrow::Cow::Owned(TensorData::f32(data.dims(), data.to_f32_vec())?))
+    } else {
+        Ok(std::borrow::Cow::Borrowed(data))
     }
 }
