@@ -15,11 +15,9 @@ pub(super) fn attention(
     causal: bool,
     scale: f32,
 ) -> Vec<f32> {
-    let [b, hq, tq, d] = [qs.dims()[0], qs.dims()[1], qs.dims()[2], qs.dims()[3]];
-    let [hkv, tk] = [ks.dims()[1], ks.dims()[2]];
-    let dv = vs.dims()[3];
+    let heads = Heads::new(qs, ks, vs);
+    let Heads { hq, tq, d, hkv, tk, dv, .. } = heads;
     let group = hq / hkv;
-    let mut out = vec![0.0f32; b * hq * tq * dv];
     // One (batch, query head) block of the output: [Tq, Dv].
     let head = |bh: usize, o: &mut [f32]| {
         let (bi, h) = (bh / hq, bh % hq);
@@ -62,18 +60,44 @@ pub(super) fn attention(
             }
         }
     };
-    let block = tq * dv;
-    if block == 0 {
-        return out;
+    heads.run(head)
+}
+
+/// The shapes of one attention call (`q [B, Hq, Tq, D]`, `k [B, Hkv, Tk, D]`, `v [B, Hkv, Tk, Dv]`)
+/// and its per-head driver, shared by the oracle and the fast path (`fast.rs`).
+pub(super) struct Heads {
+    pub b: usize,
+    pub hq: usize,
+    pub tq: usize,
+    pub d: usize,
+    pub hkv: usize,
+    pub tk: usize,
+    pub dv: usize,
+}
+
+impl Heads {
+    pub(super) fn new(qs: &Shape, ks: &Shape, vs: &Shape) -> Heads {
+        let (q, k) = (qs.dims(), ks.dims());
+        Heads { b: q[0], hq: q[1], tq: q[2], d: q[3], hkv: k[1], tk: k[2], dv: vs.dims()[3] }
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+
+    /// The output `[B, Hq, Tq, Dv]`: `head(bh, block)` fills the `[Tq, Dv]` block of (batch,
+    /// query head) `bh`; blocks run in parallel natively.
+    pub(super) fn run(&self, head: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.b * self.hq * self.tq * self.dv];
+        let block = self.tq * self.dv;
+        if block == 0 {
+            return out;
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            out.par_chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+        }
+        #[cfg(target_arch = "wasm32")]
+        out.chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
+        out
     }
-    #[cfg(target_arch = "wasm32")]
-    out.chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
-    out
 }
 
 /// `Σ a·b` in f64 with eight independent partial sums: still an f64 accumulation (the oracle's

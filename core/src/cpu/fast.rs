@@ -183,15 +183,9 @@ pub(super) fn attention(
     causal: bool,
     scale: f32,
 ) -> Vec<f32> {
-    let [b, hq, tq, d] = [qs.dims()[0], qs.dims()[1], qs.dims()[2], qs.dims()[3]];
-    let [hkv, tk] = [ks.dims()[1], ks.dims()[2]];
-    let dv = vs.dims()[3];
+    let heads = super::attention::Heads::new(qs, ks, vs);
+    let super::attention::Heads { hq, tq, d, hkv, tk, dv, .. } = heads;
     let group = hq / hkv.max(1);
-    let mut out = vec![0.0f32; b * hq * tq * dv];
-    let block = tq * dv;
-    if block == 0 {
-        return out;
-    }
     // One (batch, query head) block of the output: [Tq, Dv].
     let head = |bh: usize, o: &mut [f32]| {
         let (bi, h) = (bh / hq, bh % hq);
@@ -232,14 +226,7 @@ pub(super) fn attention(
             row.iter_mut().for_each(|x| *x *= f);
         }
     };
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
-    }
-    #[cfg(target_arch = "wasm32")]
-    out.chunks_mut(block).enumerate().for_each(|(bh, o)| head(bh, o));
-    out
+    heads.run(head)
 }
 
 #[cfg(test)]
