@@ -176,6 +176,16 @@ impl Device {
         crate::gpu::split_of(t).map_or(1, |s| s.blocks.len())
     }
 
+    /// `f(block, first row)` on each row block of a split weight, gathered into a tensor split the
+    /// same way; on a whole tensor (and on the CPU), `f(t, 0)`. For element-wise updates of a weight
+    /// that may be split, such as fusing a LoRA delta into it.
+    pub(crate) fn map_row_blocks(&self, t: &Tensor, f: &mut dyn FnMut(&Tensor, usize) -> Result<Tensor>) -> Result<Tensor> {
+        match self {
+            Device::Gpu(g) => g.map_blocks(t, f),
+            Device::Cpu(_) => f(t, 0),
+        }
+    }
+
     /// Weights this device split into row blocks so far, and the blocks they became ((0, 0) on the
     /// CPU).
     pub fn split_stats(&self) -> (u64, u64) {
