@@ -481,3 +481,31 @@ fn the_cpu_never_splits_and_bad_limits_are_rejected() {
         assert_eq!(d.info().max_storage_buffer_binding_size, adapter);
     }
 }
+
+#[test]
+fn merges_on_a_limited_gpu_equal_the_unlimited_one() {
+    use taskloom::merge::{self, MemSink, Options};
+    // TIES over three fine-tunes at 8000 bytes: the [64, 32] tensors' task vectors ([3, 2048] f32,
+    // 24 KiB) do not fit one binding, so those tensors merge on the host; the norms' ([3, 32], and
+    // the 6240-byte magnitude-mask scratch) on the GPU. Both give the unlimited GPU's result.
+    const LIMIT: u64 = 8000;
+    let Some(whole) = gpu_or_skip("split merge") else { return };
+    let Some(dev) = limited("split merge", LIMIT) else { return };
+    let r = merge::read_recipe(&root().join("tests/fixtures/merge/ties.yml")).unwrap();
+    let run = |d: &Device| {
+        let files = merge::model_dirs(&r).unwrap();
+        let mut sink = MemSink::default();
+        pollster::block_on(merge::merge(&r, &files, d, &Options::default(), &mut sink, &mut |_| {})).expect("merge");
+        let (name, bytes) = sink.files.into_iter().find(|(n, _)| n.ends_with(".safetensors")).expect("a safetensors output");
+        let st = SafeTensors::from_bytes(name, bytes).unwrap();
+        st.names().iter().map(|n| (n.to_string(), st.tensor(n).unwrap().to_f32_vec())).collect::<Vec<_>>()
+    };
+    let (got, want) = (run(&dev), run(&whole));
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().any(|(_, v)| v.len() * 4 * 3 > LIMIT as usize), "some tensor's task vectors exceed the limit");
+    assert!(got.iter().any(|(_, v)| v.len() * 4 * 3 <= 6240), "some tensor merges on the GPU");
+    for ((n, g), (m, w)) in got.iter().zip(&want) {
+        assert_eq!(n, m);
+        close(&format!("merged {n}: limited vs unlimited GPU"), g, w, 1e-6);
+    }
+}
