@@ -151,10 +151,11 @@ impl Device {
         }
     }
 
-    /// Uploads the weight `name`. On a GPU, a weight above the binding limit is split into row
-    /// blocks that each fit (usable as a `Matmul { trans_b: true }` weight or an `Embedding`
-    /// table; any other op given it fails with [`Error::BufferTooLarge`] naming it). The CPU never
-    /// splits.
+    /// Uploads the weight `name`. On a GPU, a weight above the binding limit is split into blocks
+    /// that each fit: a matrix into row blocks (usable as a `Matmul { trans_b: true }` weight or an
+    /// `Embedding` table), an expert stack `[E, N, C]` between experts (usable by `ExpertMatmul` and
+    /// `GroupedMatmul`); any other op given it fails with [`Error::BufferTooLarge`] naming it. The
+    /// CPU never splits.
     pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),

@@ -324,7 +324,7 @@ fn moe_decoders_with_split_expert_stacks_equal_unsplit_and_transformers() {
         let m = load_llama(&dev, &dir);
         // Expert stacks are uploaded from the per-expert tensors (or the halves of gate_up_proj),
         // so count them apart from the 2-D weights the checkpoint itself holds above the limit.
-        let matrices = expected_splits(&dir, limit as u64, |n| !n.contains(".experts."));
+        let matrices = expected_splits(&dir, limit, |n| !n.contains(".experts."));
         let (tensors, blocks) = dev.split_stats();
         assert_eq!(tensors - matrices, stacks, "{name}: split expert stacks ({tensors} split tensors, {matrices} of them matrices)");
         assert!(blocks >= stacks * per_stack + 2 * matrices, "{name}: {blocks} blocks");
