@@ -329,14 +329,16 @@ export type MergeSource =
  * heap so holds about one tensor × models (`summary.peakBytes`), never whole checkpoints nor the
  * merged model. Failures reject with a TaskloomError: IO for a failed read (naming the URL or
  * file), BAD_INPUT for a truncated or inconsistent file (naming the file and tensor) or a bad recipe.
+ * `maxBindingBytes` lowers the WebGPU binding limit: a tensor whose merge would not fit one binding
+ * merges on the CPU, and with `load: true` the merged model's weights are split to fit.
  */
 export function merge(
   recipe: string,
   sources: Record<string, MergeSource>,
-  opts?: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load?: false },
+  opts?: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load?: false } & DeviceLimitOptions,
 ): Promise<{ files: Record<string, Blob>; summary: MergeSummary }>;
 export function merge(
   recipe: string,
   sources: Record<string, MergeSource>,
-  opts: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load: true },
+  opts: { device?: "auto" | "webgpu" | "cpu"; randomSeed?: number; onProgress?: (p: MergeProgress) => void; signal?: AbortSignal; load: true } & DeviceLimitOptions,
 ): Promise<Model>;

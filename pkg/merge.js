@@ -184,7 +184,9 @@ async function openSource(model, src, signal, guard) {
  * model.safetensors.index.json + shards; read by HTTP Range requests), a list of Files (a picked
  * folder), a directory handle, or `{ path: File | Blob | ArrayBuffer | Uint8Array }`. Only one
  * tensor's bytes per model are in the wasm heap at a time. `opts`: device ("auto" | "webgpu" |
- * "cpu"), randomSeed, onProgress (`{ tensors, totalTensors, bytes, totalBytes, tensor }` after each
+ * "cpu"), maxBindingBytes (lowers the WebGPU binding limit, as for `Model.load`: a tensor whose merge
+ * would not fit one binding merges on the CPU; with `load`, the merged model's weights split to fit),
+ * randomSeed, onProgress (`{ tensors, totalTensors, bytes, totalBytes, tensor }` after each
  * tensor), signal, load (true: resolve to a loaded `Model` of the merged files). Resolves to
  * `{ files: { name: Blob }, summary }` (or the Model with `load`).
  */
@@ -217,7 +219,7 @@ export async function merge(recipe, sources, opts = {}) {
   };
   let summary;
   try {
-    summary = await mergeModels(recipe, models, { device: opts.device ?? "auto", randomSeed: opts.randomSeed }, opts.onProgress ? (p) => opts.onProgress(p) : undefined, onWrite);
+    summary = await mergeModels(recipe, models, { device: opts.device ?? "auto", randomSeed: opts.randomSeed, maxBindingBytes: opts.maxBindingBytes }, opts.onProgress ? (p) => opts.onProgress(p) : undefined, onWrite);
   } catch (e) {
     if (failure) throw failure;
     const m = e instanceof Error ? CODES.exec(e.message) : null;
@@ -235,7 +237,7 @@ export async function merge(recipe, sources, opts = {}) {
       }
       files[name] = u8;
     }
-    return Model.load(files, { device: opts.device ?? "auto", signal });
+    return Model.load(files, { device: opts.device ?? "auto", maxBindingBytes: opts.maxBindingBytes, signal });
   }
   const blobs = {};
   for (const [name, ps] of parts) blobs[name] = new Blob(ps);

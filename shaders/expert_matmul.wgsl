@@ -2,21 +2,24 @@
 // One workgroup per (block of WG outputs n, pick (r, j)) = workgroup_id (x, y + z * num_workgroups.y);
 // each thread owns one output n and walks Cin, with the input row staged in workgroup memory in
 // chunks of WG. A GEMV per pick: no host readback of the routing, no bucketing pass.
+// A stack split to fit one binding runs once per block of experts [first, first + experts): a pick
+// routed elsewhere gets 0, written only when write_all (the first block), so each output is written
+// by the block that owns its expert. Unsplit: first = 0, experts = E, write_all = 1.
 
 struct Params {
     picks: u32,      // R * K
     k: u32,          // K
     n: u32,          // N outputs per expert
     cin: u32,        // Cin
-    experts: u32,    // E
+    experts: u32,    // experts in this block of w
     per_pick: u32,   // 1: x is [R, K, Cin]; 0: x is [R, Cin]
-    _pad0: u32,
-    _pad1: u32,
+    first: u32,      // the block's first expert
+    write_all: u32,  // 1: also write 0 for picks routed outside the block (and ids >= E)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [R, Cin] or [R, K, Cin]
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // [E, N, Cin] per W_DTYPE
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // [experts, N, Cin] per W_DTYPE (the block)
 @group(0) @binding(3) var<storage, read> idx: array<u32>;        // [R, K]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [R, K, N]
 
@@ -33,7 +36,7 @@ fn expert_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let pick = wg.y + wg.z * nwg.y;
     if (pick >= p.picks) { return; }   // uniform per workgroup
     let n = wg.x * WG + lid;
-    let ex = idx[pick];
+    let ex = idx[pick] - p.first;   // wraps past `experts` for ids below the block
     let x_base = select((pick / p.k) * p.cin, pick * p.cin, p.per_pick != 0u);
     let w_base = ex * p.n * p.cin + n * p.cin;
     var acc = 0.0;
@@ -49,7 +52,7 @@ fn expert_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
         }
         workgroupBarrier();
     }
-    if (n < p.n) {
+    if (n < p.n && (ex < p.experts || p.write_all != 0u)) {
         out[pick * p.n + n] = acc;
     }
 }

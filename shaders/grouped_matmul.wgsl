@@ -11,6 +11,11 @@
 // TK steps; the BM gathered rows of x and a TK x BN tile of the expert's weights are staged in
 // workgroup memory, so every weight element loaded serves BM rows (ExpertMatmul: one).
 // Weights are read as u32 words and decoded per W_DTYPE (packed.wgsl), no shader-f16 needed.
+//
+// A stack split to fit one binding runs once per block of experts [first, first + count): the tile
+// space is then the block's buckets only (plus the invalid bucket when `invalid`, the first block),
+// so each pick is written once, by the block that owns its expert. Unsplit: first = 0, count = E,
+// invalid = 1.
 
 struct Params {
     picks: u32,     // R * K
@@ -20,12 +25,16 @@ struct Params {
     experts: u32,   // E
     per_pick: u32,  // 1: x is [R, K, Cin]; 0: x is [R, Cin]
     has_bias: u32,
+    first: u32,     // the block's first expert
+    count: u32,     // experts in this block of w
+    invalid: u32,   // 1: this dispatch also owns the invalid bucket E
     _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [R, Cin] or [R, K, Cin]
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // [E, N, Cin] per W_DTYPE
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // [count, N, Cin] per W_DTYPE (the block)
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;    // [E+2] from moe_bucket
 @group(0) @binding(4) var<storage, read> order: array<u32>;      // [R*K] from moe_bucket
 @group(0) @binding(5) var<storage, read> bias: array<f32>;       // [E, N] (1 dummy element if none)
@@ -61,7 +70,8 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         let tile = wg.y + wg.z * nwg.y;
         var found = vec4<u32>(p.experts + 1u, 0u, 0u, 0u);
         var acc = 0u;
-        for (var b = 0u; b <= p.experts; b++) {
+        for (var i = 0u; i < p.count + p.invalid; i++) {
+            let b = select(p.first + i, p.experts, i == p.count);
             // Clamped: offsets not from moe_bucket cannot send a read out of bounds.
             let s = min(offsets[b], p.picks);
             let e = clamp(offsets[b + 1u], s, p.picks);
@@ -94,7 +104,7 @@ fn grouped_matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         acc[i] = 0.0;
     }
     let valid = j.x < p.experts;   // the invalid bucket keeps acc = 0
-    let w_base = j.x * p.n * p.cin;
+    let w_base = (j.x - p.first) * p.n * p.cin;   // only read when valid (then j.x is in the block)
     if (valid) {
         for (var k0 = 0u; k0 < p.cin; k0 += TK) {
             for (var e = tid; e < A_TILE; e += threads) {

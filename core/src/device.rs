@@ -151,10 +151,11 @@ impl Device {
         }
     }
 
-    /// Uploads the weight `name`. On a GPU, a weight above the binding limit is split into row
-    /// blocks that each fit (usable as a `Matmul { trans_b: true }` weight or an `Embedding`
-    /// table; any other op given it fails with [`Error::BufferTooLarge`] naming it). The CPU never
-    /// splits.
+    /// Uploads the weight `name`. On a GPU, a weight above the binding limit is split into blocks
+    /// that each fit: a matrix into row blocks (usable as a `Matmul { trans_b: true }` weight or an
+    /// `Embedding` table), an expert stack `[E, N, C]` between experts (usable by `ExpertMatmul` and
+    /// `GroupedMatmul`); any other op given it fails with [`Error::BufferTooLarge`] naming it. The
+    /// CPU never splits.
     pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
         match self {
             Device::Cpu(b) => b.upload(data),
@@ -174,6 +175,16 @@ impl Device {
     /// Row blocks `t` is stored as: 1 unless it is a GPU weight split to fit.
     pub fn blocks(&self, t: &Tensor) -> usize {
         crate::gpu::split_of(t).map_or(1, |s| s.blocks.len())
+    }
+
+    /// `f(block, first row)` on each row block of a split weight, gathered into a tensor split the
+    /// same way; on a whole tensor (and on the CPU), `f(t, 0)`. For element-wise updates of a weight
+    /// that may be split, such as fusing a LoRA delta into it.
+    pub(crate) fn map_row_blocks(&self, t: &Tensor, f: &mut dyn FnMut(&Tensor, usize) -> Result<Tensor>) -> Result<Tensor> {
+        match self {
+            Device::Gpu(g) => g.map_blocks(t, f),
+            Device::Cpu(_) => f(t, 0),
+        }
     }
 
     /// Weights this device split into row blocks so far, and the blocks they became ((0, 0) on the

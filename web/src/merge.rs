@@ -165,7 +165,8 @@ impl Sink for JsSink {
 
 /// `recipe`: the YAML text. `sources`: `{ [model reference in the recipe]: { name, readFile, shards } }`
 /// (see [`JsSource`]; `pkg/merge.js` builds them). `opts.device` ("auto" | "webgpu" | "cpu"),
-/// `opts.randomSeed` (DARE / DELLA). Each output piece goes to `onWrite(file, Uint8Array)` in order.
+/// `opts.maxBindingBytes` (lowers the WebGPU binding limit: a tensor whose merge would not fit one
+/// binding merges on the CPU), `opts.randomSeed` (DARE / DELLA). Each output piece goes to `onWrite(file, Uint8Array)` in order.
 /// Returns the summary `{ tensors, bytesRead, bytesWritten, files, tallMasks, peakBytes, device }`.
 #[wasm_bindgen(js_name = mergeModels)]
 pub async fn merge_models(recipe: String, sources: JsValue, opts: JsValue, on_progress: Option<js_sys::Function>, on_write: js_sys::Function) -> Result<JsValue, JsError> {

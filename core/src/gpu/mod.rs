@@ -9,15 +9,14 @@
 //! One storage binding holds at most `maxStorageBufferBindingSize` bytes (WebGPU's default is
 //! 128 MiB; some mobile GPUs offer less; [`crate::DeviceOptions::max_binding_bytes`] or
 //! `TASKLOOM_MAX_BINDING_BYTES` lower it further, e.g. for tests). [`GpuBackend::upload_weight`]
-//! splits a weight above it into row blocks that each fit. Two ops take a split tensor: `Matmul`
-//! with `trans_b` as its weight (one dispatch per block, each writing its own column range of the
-//! output, the bias read at that offset or split like the weight) and `Embedding` as its table (one
-//! dispatch per block, each writing the rows whose ids fall in it). Any other use of a split tensor
-//! is [`Error::BufferTooLarge`] naming it; activations are never split.
+//! splits a weight above it into blocks along its first dimension (rows of a matrix, whole experts
+//! of an expert stack) that each fit, and the ops that take a weight run once per block: see
+//! `split.rs`. Activations are never split.
 
 pub mod kernels;
 mod merge;
 mod ops;
+mod split;
 
 use crate::device::{Backend, DeviceInfo, DeviceOptions};
 use crate::dtype::DType;
@@ -26,6 +25,7 @@ use crate::op::Op;
 use crate::shape::Shape;
 use crate::tensor::{HostData, Storage, Tensor, TensorData};
 use kernels::{PipelineCache, Shader};
+pub(crate) use split::{blocks, split_of, Split};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,37 +43,9 @@ enum Mem {
     Split(Arc<Split>),
 }
 
-/// A tensor stored as row blocks (rows = its first dimension), each in its own buffer.
-#[derive(Debug)]
-pub(crate) struct Split {
-    /// The tensor's name (what errors report).
-    pub name: String,
-    /// Elements per row: the product of every dimension after the first (1 for a vector).
-    pub row: usize,
-    pub blocks: Vec<Block>,
-    /// Bytes of the whole tensor.
-    pub bytes: u64,
-}
-
-#[derive(Debug)]
-pub(crate) struct Block {
-    pub buf: wgpu::Buffer,
-    /// Index of its first row.
-    pub first: usize,
-    pub rows: usize,
-}
-
 impl GpuBuffer {
     fn one(buf: wgpu::Buffer) -> GpuBuffer {
         GpuBuffer { mem: Mem::One(buf) }
-    }
-
-    /// Row blocks, when the tensor was split to fit.
-    pub(crate) fn split(&self) -> Option<&Split> {
-        match &self.mem {
-            Mem::One(_) => None,
-            Mem::Split(s) => Some(s),
-        }
     }
 }
 
@@ -326,72 +298,6 @@ impl GpuBackend {
         })
     }
 
-    /// Uploads the weight `name`; above the binding limit it is split into row blocks that each
-    /// fit (see the module docs). [`Error::BufferTooLarge`] naming it when one row alone is too big.
-    pub fn upload_weight(&self, data: &TensorData, name: &str) -> Result<Tensor> {
-        let bytes = data.data().as_bytes();
-        let limit = self.inner.max_binding;
-        if padded(bytes.len() as u64) <= limit {
-            return self.upload(data);
-        }
-        if data.dims().len() != 2 {
-            // Only matrices are split (the ops that take a split tensor read [rows, cols]).
-            let what = format!("'{name}' ({:?}; only 2-D weights are split to fit)", data.dims());
-            return Err(Error::BufferTooLarge { what, bytes: bytes.len() as u64, limit });
-        }
-        let rows = data.dims()[0];
-        let row_bytes = (bytes.len() / rows.max(1)) as u64;
-        let per_block = limit.checked_div(row_bytes).unwrap_or(0) as usize;
-        if per_block == 0 {
-            let what = format!("'{name}' (one row of {row_bytes} bytes; a tensor is split only between rows)");
-            return Err(Error::BufferTooLarge { what, bytes: bytes.len() as u64, limit });
-        }
-        // Even blocks: as few as fit, the same size give or take a row.
-        let n = rows.div_ceil(per_block);
-        let per_block = rows.div_ceil(n);
-        let ranges: Vec<(usize, usize)> = (0..rows).step_by(per_block).map(|first| (first, per_block.min(rows - first))).collect();
-        self.upload_rows(data, name, &ranges)
-    }
-
-    /// Uploads `data` as the row blocks `ranges` (first row, rows).
-    fn upload_rows(&self, data: &TensorData, name: &str, ranges: &[(usize, usize)]) -> Result<Tensor> {
-        let bytes = data.data().as_bytes();
-        let rows = data.dims().first().copied().unwrap_or(1);
-        let row_bytes = bytes.len() / rows.max(1);
-        let mut blocks = Vec::with_capacity(ranges.len());
-        for &(first, n) in ranges {
-            let part = &bytes[first * row_bytes..(first + n) * row_bytes];
-            self.check_size(name, padded(part.len() as u64))?;
-            blocks.push(Block { buf: self.upload_bytes(part), first, rows: n });
-        }
-        self.inner.split_tensors.fetch_add(1, Ordering::Relaxed);
-        self.inner.split_blocks.fetch_add(blocks.len() as u64, Ordering::Relaxed);
-        let row = data.dims().iter().skip(1).product();
-        let split = Split { name: name.to_string(), row, blocks, bytes: bytes.len() as u64 };
-        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Gpu(GpuBuffer { mem: Mem::Split(Arc::new(split)) }) })
-    }
-
-    /// Uploads `data` (e.g. a bias) split into the same row blocks as `like` when `like` is split
-    /// and has as many rows; otherwise as [`GpuBackend::upload_weight`].
-    pub fn upload_like(&self, data: &TensorData, name: &str, like: &Tensor) -> Result<Tensor> {
-        match split_of(like) {
-            Some(s) if data.dims().first() == like.dims().first() => {
-                let ranges: Vec<(usize, usize)> = s.blocks.iter().map(|b| (b.first, b.rows)).collect();
-                self.upload_rows(data, name, &ranges)
-            }
-            _ => self.upload_weight(data, name),
-        }
-    }
-
-    /// The error for a split tensor given to an op that cannot take one.
-    pub(crate) fn split_error(&self, s: &Split, use_: &str) -> Error {
-        Error::BufferTooLarge {
-            what: format!("'{}' (split into {} row blocks to fit one binding; {use_} cannot take a split tensor)", s.name, s.blocks.len()),
-            bytes: s.bytes,
-            limit: self.inner.max_binding,
-        }
-    }
-
     /// A small read-only buffer for an unused binding.
     pub(crate) fn dummy(&self) -> &wgpu::Buffer {
         &self.inner.dummy
@@ -474,22 +380,6 @@ pub(crate) fn buffer(t: &Tensor) -> Result<&wgpu::Buffer> {
     }
 }
 
-/// The row blocks of a split tensor; `None` for a whole one (or a CPU tensor).
-pub(crate) fn split_of(t: &Tensor) -> Option<&Split> {
-    match &t.storage {
-        Storage::Gpu(g) => g.split(),
-        Storage::Cpu(_) => None,
-    }
-}
-
-/// `t`'s buffers as (buffer, first row, rows): one entry covering every row unless it is split.
-pub(crate) fn blocks(t: &Tensor) -> Result<Vec<(&wgpu::Buffer, usize, usize)>> {
-    match split_of(t) {
-        Some(s) => Ok(s.blocks.iter().map(|b| (&b.buf, b.first, b.rows)).collect()),
-        None => Ok(vec![(buffer(t)?, 0, t.dims().first().copied().unwrap_or(1))]),
-    }
-}
-
 impl Backend for GpuBackend {
     fn upload(&self, data: &TensorData) -> Result<Tensor> {
         let bytes = data.data().as_bytes();
@@ -552,23 +442,7 @@ impl Backend for GpuBackend {
     fn exec(&self, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
         let metas: Vec<_> = inputs.iter().map(|t| (t.shape, t.dtype)).collect();
         let outs = op.infer(&metas)?;
-        for (i, t) in inputs.iter().enumerate() {
-            match split_of(t) {
-                None => drop(buffer(t)?),
-                Some(s) => {
-                    // A split weight is only ever a trans_b matmul's weight (or its bias, checked
-                    // against the weight's blocks by the encoder) or an embedding table.
-                    let ok = match op {
-                        Op::Matmul { trans_b: true } => (i == 1 && t.shape.rank() == 2) || (i == 2 && split_of(inputs[1]).is_some()),
-                        Op::Embedding => i == 0,
-                        _ => false,
-                    };
-                    if !ok || (i < 2 && t.shape.rank() >= 2 && t.dims()[1..].iter().product::<usize>() != s.row) {
-                        return Err(self.split_error(s, &format!("{} (input {i})", op.name())));
-                    }
-                }
-            }
-        }
+        split::check_inputs(self, op, inputs)?;
         ops::encode(self, op, inputs, &outs)
     }
 

@@ -204,15 +204,19 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
         }
         Op::ExpertMatmul => {
             let (w, idx) = (&inputs[1].shape, &inputs[2].shape);
-            let (e, n, cin) = (w.dims()[0], w.dims()[1], w.dims()[2]);
+            let (n, cin) = (w.dims()[1], w.dims()[2]);
             let (picks, k) = (idx.numel(), idx.dims()[1]);
             let per_pick = (inputs[0].shape.rank() == 3) as u32;
-            let params = words(&[u(picks), u(k), u(n), u(cin), u(e), per_pick, 0, 0]);
             let max = g.max_groups() as usize;
             let (gy, gz) = (picks.min(max), picks.div_ceil(max));
             let groups = [u(n).div_ceil(64), u(gy), u(gz)];
             let consts = [("W_DTYPE", inputs[1].dtype.shader_code() as f64)];
-            g.dispatch(Shader::ExpertMatmul, "expert_matmul", &consts, &params, &[inb(0)?, inb(1)?, inb(2)?, ob], groups)?;
+            // One dispatch per block of experts of a split stack (one block of all E otherwise): each
+            // computes the picks routed to its experts, the first also writes 0 for every other pick.
+            for (i, (wb, first, experts)) in blocks(inputs[1])?.into_iter().enumerate() {
+                let params = words(&[u(picks), u(k), u(n), u(cin), u(experts), per_pick, u(first), (i == 0) as u32]);
+                g.dispatch(Shader::ExpertMatmul, "expert_matmul", &consts, &params, &[inb(0)?, wb, inb(2)?, ob], groups)?;
+            }
         }
         Op::MoeBucket { experts } => {
             let picks = inputs[0].shape.numel();
@@ -230,15 +234,32 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
                 Some(t) => buffer(t)?,
                 None => g.dummy(),
             };
-            let params = words(&[u(picks), u(k), u(n), u(cin), u(e), per_pick, (inputs.len() == 5) as u32, 0]);
             let tile = grouped_matmul_tile(picks, e, n);
-            // Every bucket's tiles, bounded without reading the counts back (grouped_matmul.wgsl).
-            let tiles = picks.div_ceil(tile.bm() as usize) + e + 1;
-            let [gy, gz] = fold(tiles, g.max_groups());
-            let groups = [u(n).div_ceil(tile.bn()), gy, gz];
             let consts = grouped_matmul_constants(inputs[1].dtype.shader_code(), tile);
-            let bufs = [inb(0)?, inb(1)?, inb(2)?, inb(3)?, bias, ob];
-            g.dispatch(Shader::GroupedMatmul, "grouped_matmul", &consts, &params, &bufs, groups)?;
+            // One dispatch per block of experts of a split stack (one block of all E otherwise): each
+            // takes its experts' buckets; the first also the invalid bucket (ids >= E, written as 0).
+            for (i, (wb, first, count)) in blocks(inputs[1])?.into_iter().enumerate() {
+                let params = words(&[
+                    u(picks),
+                    u(k),
+                    u(n),
+                    u(cin),
+                    u(e),
+                    per_pick,
+                    (inputs.len() == 5) as u32,
+                    u(first),
+                    u(count),
+                    (i == 0) as u32,
+                    0,
+                    0,
+                ]);
+                // The block's buckets' tiles, bounded without reading the counts back (grouped_matmul.wgsl).
+                let tiles = picks.div_ceil(tile.bm() as usize) + count + 1;
+                let [gy, gz] = fold(tiles, g.max_groups());
+                let groups = [u(n).div_ceil(tile.bn()), gy, gz];
+                let bufs = [inb(0)?, wb, inb(2)?, inb(3)?, bias, ob];
+                g.dispatch(Shader::GroupedMatmul, "grouped_matmul", &consts, &params, &bufs, groups)?;
+            }
         }
         Op::Concat { axis } => {
             let (a, b) = (&inputs[0].shape, &inputs[1].shape);

@@ -12,7 +12,8 @@
 //!
 //! ## Fusing
 //! `fuse` bakes the active mix into the weights: `W' = W + Σ wᵢ·sᵢ·Bᵢ·Aᵢ`, computed on the device
-//! (one matmul and one add per touched linear). The original `W` is kept, so `unfuse` restores it
+//! (one matmul and one add per touched linear; per row block of a weight split to fit the GPU's
+//! binding limit, each block taking its rows of `B`). The original `W` is kept, so `unfuse` restores it
 //! bit for bit and a re-fuse after switching adapters recomputes only the linears either mix
 //! touches. While a mix is fused, a request for another mix runs the *difference* unfused
 //! (`w_request − w_fused` per adapter), so fused and unfused requests can share a batch.
@@ -190,19 +191,17 @@ fn restack(dev: &Device, set: &LoraSet, linears: &mut [&mut Linear]) -> Result<(
 
 /// Sets each linear's weight to `base + Σ w·s·B·A` over `mix`, for the linears `touched` names.
 fn refuse(dev: &Device, adapters: &[Arc<Adapter>], mix: &BTreeMap<usize, f32>, linears: &mut [&mut Linear], touched: &dyn Fn(&str) -> bool) -> Result<()> {
-    // A weight split to fit the device cannot take a fused delta: refuse before changing any.
-    for l in linears.iter().filter(|l| touched(&l.name) && mix.iter().any(|(s, w)| *w != 0.0 && adapters[*s].modules.contains_key(&l.name))) {
-        l.check_fusable(dev)?;
-    }
-    for l in linears.iter_mut() {
+    // Every new weight is computed before any is replaced, so an error changes nothing.
+    let mut new = Vec::new();
+    for (i, l) in linears.iter().enumerate() {
         if !touched(&l.name) {
             continue;
         }
-        let base = l.base.take().unwrap_or_else(|| l.w.clone());
+        let base = l.base.as_ref().unwrap_or(&l.w);
         let parts: Vec<(&super::LoraModule, f32)> =
             mix.iter().filter_map(|(s, w)| adapters[*s].modules.get(&l.name).map(|m| (m, *w))).filter(|(_, w)| *w != 0.0).collect();
         if parts.is_empty() {
-            l.w = base;
+            new.push((i, None));
             continue;
         }
         // ΔW = B_cat · A_cat with B_cat [Out, ΣR] (columns scaled by w·s) and A_cat [ΣR, In].
@@ -220,12 +219,29 @@ fn refuse(dev: &Device, adapters: &[Arc<Adapter>], mix: &BTreeMap<usize, f32>, l
             }
             off += m.r;
         }
-        let bt = dev.upload(&TensorData::f32(&[out, rt], bc)?)?;
         let at = dev.upload(&TensorData::f32(&[rt, inp], ac)?)?;
-        let delta = dev.exec1(&Op::Matmul { trans_b: false }, &[&bt, &at])?;
         // A quantised base (a GGUF on the CPU) is widened for the sum; `base` keeps the original.
-        l.w = dev.exec1(&Op::Add, &[&base.widened()?, &delta])?;
-        l.base = Some(base);
+        // A weight split into row blocks to fit the device takes its delta block by block: rows
+        // [first, first + n) of ΔW are B_cat's rows [first, first + n) times A_cat, which fits one
+        // binding whenever the block does (both are [n, In] f32).
+        let fused = dev.map_row_blocks(&base.widened()?, &mut |w, first| {
+            let n = w.dims()[0];
+            let bt = dev.upload(&TensorData::f32(&[n, rt], bc[first * rt..(first + n) * rt].to_vec())?)?;
+            let delta = dev.exec1(&Op::Matmul { trans_b: false }, &[&bt, &at])?;
+            dev.exec1(&Op::Add, &[w, &delta])
+        })?;
+        new.push((i, Some(fused)));
+    }
+    for (i, fused) in new {
+        let l = &mut linears[i];
+        let base = l.base.take().unwrap_or_else(|| l.w.clone());
+        match fused {
+            Some(w) => {
+                l.w = w;
+                l.base = Some(base);
+            }
+            None => l.w = base,
+        }
     }
     Ok(())
 }

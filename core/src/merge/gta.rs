@@ -47,11 +47,14 @@ pub struct Output {
 
 /// `base [N]`, `thetas [R·N]` (the non-base inputs, row by row).
 pub async fn run(dev: &Device, a: &Args<'_>, base: Vec<f32>, thetas: Vec<f32>) -> Result<Output> {
-    if let Device::Cpu(_) = dev {
-        return run_host(a, base, thetas);
-    }
     let n = base.len();
     let r = a.rows.len();
+    // A tensor whose largest device buffer (the [R, N] task vectors, or the magnitude-mask scratch
+    // of R·520 words) would not fit one binding merges on the host: merges are never split.
+    let largest = 4 * (r * n).max(r * 2 * 260) as u64;
+    if matches!(dev, Device::Cpu(_)) || largest > dev.info().max_storage_buffer_binding_size {
+        return run_host(a, base, thetas);
+    }
     let merr = |reason: String| Error::Merge { tensor: a.name.to_string(), reason };
     let base_t = dev.upload(&TensorData::f32(&[n], base)?)?;
     let thetas_t = dev.upload(&TensorData::f32(&[r, n], thetas)?)?;

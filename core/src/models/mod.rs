@@ -5,7 +5,9 @@
 //! Weights go up through [`Device::upload_weight`]: on a GPU, one larger than a storage binding may
 //! hold (a vocabulary's embedding table or LM head, a big linear) is split into row blocks that each
 //! fit, and `Matmul`/`Embedding` run over the blocks, so model code is the same either way (a tied
-//! LM head shares the embedding's blocks; a bias is split like its weight).
+//! LM head shares the embedding's blocks; a bias is split like its weight). MoE expert stacks
+//! `[E, N, C]` are split between experts and the expert matmuls run per block; LoRA adapters fuse
+//! into a split weight block by block.
 
 pub mod bert;
 pub mod causal;
@@ -128,23 +130,6 @@ impl Linear {
     /// Row blocks the weight is stored as (1 unless it was split to fit the device).
     pub fn blocks(&self, dev: &Device) -> usize {
         dev.blocks(&self.w)
-    }
-
-    /// Fusing adapters into a split weight is not supported (its delta would not fit one binding
-    /// either): [`Error::BufferTooLarge`] naming the weight. Its adapters still run unfused.
-    pub fn check_fusable(&self, dev: &Device) -> Result<()> {
-        match crate::gpu::split_of(&self.w) {
-            None => Ok(()),
-            Some(s) => Err(Error::BufferTooLarge {
-                what: format!(
-                    "fusing adapters into '{}.weight' (split into {} row blocks to fit one binding; use its adapters unfused)",
-                    self.name,
-                    s.blocks.len()
-                ),
-                bytes: s.bytes,
-                limit: dev.info().max_storage_buffer_binding_size,
-            }),
-        }
     }
 
     /// `x [.., in]` → `[.., out]`; with `sel`, each row also gets its adapters' `Σ wᵢ·sᵢ·Bᵢ·(Aᵢ·x)`.

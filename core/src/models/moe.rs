@@ -14,6 +14,10 @@
 //! bucketing, e.g. decoding one token). A DeepSeek layer adds its ungated shared experts: gate,
 //! SiLU, up, mul, down, add = 6 more, 15 (14).
 //!
+//! An expert stack above the GPU's binding limit is uploaded split between experts
+//! ([`Device::upload_weight`]); both expert matmuls then run once per block of experts, with the
+//! same results (`gpu/split.rs`).
+//!
 //! Shapes: T tokens, C hidden, E experts, K picks per token, F expert MLP width.
 
 use super::config::MoeSpec;

@@ -60,7 +60,13 @@ impl Mmoe {
             for i in 0..e {
                 v.extend(l.data(&format!("mmoe.experts.{i}.{part}"))?.to_f32_vec());
             }
-            l.upload(&TensorData::f32(dims, v)?)
+            let d = TensorData::f32(dims, v)?;
+            // [E, N, C] weight stacks may be split between experts to fit a binding; biases are whole.
+            if dims.len() == 3 {
+                l.upload_experts(&d, &format!("mmoe.experts.*.{part}"))
+            } else {
+                l.upload(&d)
+            }
         };
         let gates = tasks.iter().map(|t| Ok((t.clone(), linear(l, &format!("mmoe.gate.{t}"), c, e)?))).collect::<Result<_>>()?;
         Ok(Mmoe {

@@ -111,6 +111,12 @@ impl<'a> Loader<'a> {
     pub fn load(&self, name: &str) -> Result<Tensor> {
         self.upload(&self.data(name)?)
     }
+    /// [`Loader::upload`] for an expert stack `[E, N, C]`, which on a GPU is split between experts
+    /// when it is above the binding limit ([`Device::upload_weight`]).
+    pub fn upload_experts(&self, d: &TensorData, name: &str) -> Result<Tensor> {
+        self.add(d.data().as_bytes().len() as u64);
+        self.dev.upload_weight(d, name)
+    }
 }
 
 /// One request's input.

@@ -62,8 +62,15 @@ impl RoutedMoe {
         resident.sort_unstable();
         resident.dedup();
         let up = |name: &str| -> Result<Tensor> {
-            let (dims, v) = rows(&l.data(&format!("{prefix}.moe.{name}"))?, &resident);
-            l.upload(&TensorData::f32(&dims, v)?)
+            let name = format!("{prefix}.moe.{name}");
+            let (dims, v) = rows(&l.data(&name)?, &resident);
+            // The weight stacks may be split between experts to fit a binding; the biases (read
+            // whole by GroupedMatmul) are small.
+            if dims.len() == 3 {
+                l.upload_experts(&TensorData::f32(&dims, v)?, &name)
+            } else {
+                l.upload(&TensorData::f32(&dims, v)?)
+            }
         };
         let (fc1, b1, fc2, b2) = (up("fc1.weight")?, up("fc1.bias")?, up("fc2.weight")?, up("fc2.bias")?);
         l.part(Part::Gates);
