@@ -11,7 +11,9 @@ pub mod matmul;
 pub(crate) mod merge;
 mod moe;
 mod norm;
+mod tiled;
 mod topk;
+mod vmath;
 
 use crate::device::{Backend, DeviceInfo};
 use crate::dtype::DType;
