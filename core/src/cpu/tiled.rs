@@ -16,9 +16,10 @@
 //! not multiples of the tile) run narrower tiles of the same code and a scalar K tail.
 //!
 //! Why not `gemm`: its packing and its SIMD128 microkernel. MiniLM embedding (batch 1, 128
-//! tokens) in headless Chromium, one run of scripts/bench_web.mjs each on the loaded 2-core
-//! machine: gemm 316 ms, this kernel 270 ms (and 209 ms with `vmath.rs`), Transformers.js 262 ms
-//! in the same series. Native builds keep `gemm` (AVX2/AVX-512 kernels, rayon).
+//! tokens) in headless Chromium (scripts/bench_web.sh, median of 10, Transformers.js 4.3.1 at 1
+//! thread in the same series; the 2-core machine is shared, so figures move between runs):
+//! gemm 154-204 ms vs Transformers.js 122-133 ms (1.16-1.67×); this kernel with `vmath.rs`
+//! 96-117 ms vs 122-147 ms (0.69-0.91×). Native builds keep `gemm` (AVX2/AVX-512 kernels, rayon).
 //!
 //! The kernels are generic over [`Lanes`] (4 f32 lanes): [`Simd128`] in wasm with SIMD128, and
 //! [`Portable`] (a plain `[f32; 4]`) everywhere, which is what the native unit tests run, so the
