@@ -10,6 +10,9 @@
 //! - Softmax, GELU (erf and tanh), SiLU, sigmoid: branch-free f32 formulas built on [`exp`], so
 //!   the loops vectorise (SSE/AVX natively, SIMD128 in wasm); long tensors split across threads.
 //!
+//! In wasm (built for size, so LLVM does not vectorise these loops) the erf GELU and attention's
+//! `exp` run four lanes at a time through `vmath.rs`, bit-identical to the scalar formulas here.
+//!
 //! Error budget (relative, per element): `exp` within 2 f32 ulps on the range it clamps to; erf
 //! from Numerical Recipes' erfc (fractional error < 1.2e-7, the formula the WGSL kernel uses);
 //! GELU's negative half is computed as `x/2 · erfc(|x|/√2)`, never as `1 + erf` (no cancellation).
@@ -46,7 +49,7 @@ fn erfc_pos(z: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_erf(x: f32) -> f32 {
+pub(super) fn gelu_erf(x: f32) -> f32 {
     // x·Φ(x) = x/2 · (1 + erf(x/√2)) = x/2 · (2 − erfc(x/√2)) for x >= 0, x/2 · erfc(|x|/√2) below.
     let r = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
     let c = if x >= 0.0 { 2.0 - r } else { r };
@@ -89,6 +92,13 @@ fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 }
 
 pub(super) fn gelu(x: &[f32], kind: crate::op::GeluKind) -> Vec<f32> {
+    // wasm: four lanes explicitly (the size-optimised build does not vectorise `map`).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if kind == crate::op::GeluKind::Erf {
+        let mut out = vec![0.0f32; x.len()];
+        super::vmath::map::<super::tiled::Native>(x, &mut out, super::vmath::gelu_erf, gelu_erf);
+        return out;
+    }
     match kind {
         crate::op::GeluKind::Erf => map(x, gelu_erf),
         crate::op::GeluKind::Tanh => map(x, gelu_tanh),
@@ -106,10 +116,26 @@ pub(super) fn sigmoid_all(x: &[f32]) -> Vec<f32> {
 /// Softmax of one row into `o`: the max, `exp(x - max)`, their sum (eight f32 lanes, then f64),
 /// one multiply by its inverse.
 fn softmax_row(row: &[f32], o: &mut [f32]) {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let m = max(row);
     o.iter_mut().zip(row).for_each(|(o, &v)| *o = exp(v - m));
     let inv = (1.0 / sum(o)) as f32;
     o.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The largest of `v` (NaN ignored, as `f32::max` does; −∞ when empty), over four running maxima
+/// compared with `>` (`f32::max` is a libm call in wasm).
+fn max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 4];
+    let c = v.chunks_exact(4);
+    let tail = c.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for x in c {
+        for l in 0..4 {
+            if x[l] > acc[l] {
+                acc[l] = x[l];
+            }
+        }
+    }
+    acc.into_iter().fold(tail, |a, b| if b > a { b } else { a })
 }
 
 /// `Σ v` over eight f32 lanes (vectorised, pipelined) combined in f64.
@@ -193,40 +219,71 @@ pub(super) fn attention(
         let (qh, kh, vh) = (&q[bh * tq * d..][..tq * d], &k[kv0 * d..][..tk * d], &v[kv0 * dv..][..tk * dv]);
         let mut s = vec![0.0f32; tq * tk];
         if d > 0 {
-            // SAFETY: qh [Tq, D], kh [Tk, D] (read as Kᵀ through its strides) and s [Tq, Tk] are
-            // row-major slices of exactly those sizes.
-            unsafe {
-                gemm::gemm(tq, tk, d, s.as_mut_ptr(), 1, tk as isize, false, qh.as_ptr(), 1, d as isize, kh.as_ptr(), d as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
-            }
+            scores(tq, tk, d, qh, kh, scale, &mut s);
         }
         let mut inv = vec![0.0f32; tq];
-        let key_ok = |j: usize| mask.is_none_or(|m| m[bi * tk + j] != 0);
+        let keys = mask.map(|m| &m[bi * tk..][..tk]);
+        // Every key visible (no causal mask, no padding): the common encoder case skips the masking.
+        let all_visible = !causal && keys.is_none_or(|m| m.iter().all(|&v| v != 0));
         for (i, row) in s.chunks_mut(tk).enumerate() {
-            let limit = if causal { (tk + i + 1).saturating_sub(tq) } else { tk };
-            let mut m = f32::NEG_INFINITY;
-            for (j, x) in row.iter_mut().enumerate() {
-                if j >= limit || !key_ok(j) {
-                    *x = f32::NEG_INFINITY;
+            if !all_visible {
+                let limit = if causal { (tk + i + 1).saturating_sub(tq) } else { tk };
+                for (j, x) in row.iter_mut().enumerate() {
+                    if j >= limit || keys.is_some_and(|m| m[j] == 0) {
+                        *x = f32::NEG_INFINITY;
+                    }
                 }
-                m = m.max(*x);
             }
+            let m = max(row);
             if m == f32::NEG_INFINITY {
                 row.fill(0.0); // no visible key: the row stays 0
                 continue;
             }
             // exp clamps its argument, so masked keys (−∞ − m) need an explicit 0.
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            super::vmath::exp_shifted::<super::tiled::Native>(row, m);
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
             row.iter_mut().for_each(|x| *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp(*x - m) });
             inv[i] = (1.0 / sum(row)) as f32;
         }
-        // SAFETY: s [Tq, Tk], vh [Tk, Dv] and o [Tq, Dv] are row-major slices of those sizes.
-        unsafe {
-            gemm::gemm(tq, dv, tk, o.as_mut_ptr(), 1, dv as isize, false, s.as_ptr(), 1, tk as isize, vh.as_ptr(), 1, dv as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
-        }
+        weighted_values(tq, dv, tk, &s, vh, o);
         for (row, &f) in o.chunks_mut(dv).zip(&inv) {
             row.iter_mut().for_each(|x| *x *= f);
         }
     };
     heads.run(head)
+}
+
+/// `s [Tq, Tk] = scale · q [Tq, D] · k [Tk, D]ᵀ` (`s` starts at 0).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn scores(tq: usize, tk: usize, d: usize, q: &[f32], k: &[f32], scale: f32, s: &mut [f32]) {
+    // SAFETY: q [Tq, D], k [Tk, D] (read as Kᵀ through its strides) and s [Tq, Tk] are row-major
+    // slices of exactly those sizes.
+    unsafe {
+        gemm::gemm(tq, tk, d, s.as_mut_ptr(), 1, tk as isize, false, q.as_ptr(), 1, d as isize, k.as_ptr(), d as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None);
+    }
+}
+
+/// `o [Tq, Dv] = p [Tq, Tk] · v [Tk, Dv]` (`o` starts at 0).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn weighted_values(tq: usize, dv: usize, tk: usize, p: &[f32], v: &[f32], o: &mut [f32]) {
+    // SAFETY: p [Tq, Tk], v [Tk, Dv] and o [Tq, Dv] are row-major slices of those sizes.
+    unsafe {
+        gemm::gemm(tq, dv, tk, o.as_mut_ptr(), 1, dv as isize, false, p.as_ptr(), 1, tk as isize, v.as_ptr(), 1, dv as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+    }
+}
+
+/// [`scores`] on the SIMD128 kernel ([`super::tiled`]) in wasm.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn scores(tq: usize, tk: usize, d: usize, q: &[f32], k: &[f32], scale: f32, s: &mut [f32]) {
+    use super::tiled::{nt, Native, View};
+    nt::<Native>(View { data: q, rows: tq, cols: d, ld: d }, View { data: k, rows: tk, cols: d, ld: d }, scale, s, tk);
+}
+
+/// [`weighted_values`] on the SIMD128 kernel ([`super::tiled`]) in wasm.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn weighted_values(tq: usize, dv: usize, tk: usize, p: &[f32], v: &[f32], o: &mut [f32]) {
+    super::tiled::gemm::<super::tiled::Native>(tq, dv, tk, p, v, false, o);
 }
 
 #[cfg(test)]
@@ -242,6 +299,14 @@ mod tests {
         }
         assert!(worst <= 2.0 * f32::EPSILON as f64, "worst relative error {worst:e}");
         assert!(super::exp(-1e30) > 0.0 && super::exp(1e30).is_finite() && super::exp(0.0) == 1.0);
+    }
+
+    #[test]
+    fn max_ignores_nan_like_f32_max() {
+        for v in [vec![], vec![f32::NAN], vec![1.0, f32::NAN, 3.0, -2.0, 7.5, 0.0, f32::NEG_INFINITY], vec![f32::NEG_INFINITY; 9], (0..37).map(|i| ((i * 17) % 23) as f32 - 11.0).collect()] {
+            let want = v.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            assert_eq!(super::max(&v).to_bits(), want.to_bits(), "{v:?}");
+        }
     }
 
     #[test]

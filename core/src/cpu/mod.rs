@@ -11,7 +11,13 @@ pub mod matmul;
 pub(crate) mod merge;
 mod moe;
 mod norm;
+// The wasm SIMD128 build's GEMM and vector math; elsewhere only their tests use them (the portable
+// lanes are how the tiling and the formulas are tested natively).
+#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+mod tiled;
 mod topk;
+#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+mod vmath;
 
 use crate::device::{Backend, DeviceInfo};
 use crate::dtype::DType;
