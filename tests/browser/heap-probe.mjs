@@ -1,7 +1,8 @@
 // One model load through the packed npm package in a fresh Node process (the wasm CPU path), for
 // heap.test.mjs: prints { before, after, weights, ... } as JSON. A wasm heap never shrinks, so
 // `after - before` is the high-water mark of the load, unclouded by anything loaded earlier.
-// Usage: node heap-probe.mjs PACKAGE_DIR MODEL_DIR [FILE.gguf]
+// Usage: node heap-probe.mjs PACKAGE_DIR MODEL_DIR [FILE.gguf]; HEAP_TEXTS (a JSON array) are
+// embedded by an encoder; a decoder answers HEAP_PROMPT (chat, greedy, HEAP_MAX tokens).
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
