@@ -96,6 +96,8 @@ pub(crate) fn files_from_js(files: &JsValue) -> Result<RangedFiles, JsError> {
         } else {
             return Err(bad_input(format!("model file '{name}' must be a Uint8Array or ArrayBuffer")));
         };
+        // One thread in wasm: the Arc is only shared ownership (core's readers take one).
+        #[allow(clippy::arc_with_non_send_sync)]
         let reader: Arc<dyn RangeRead> = Arc::new(JsBytes(bytes));
         out.insert(name, reader);
     }
