@@ -191,7 +191,11 @@ export interface Classification {
   logits: Float32Array;
 }
 
-/** A model source: a URL (folder base or a .gguf file), picked files, a directory handle, or buffers by path. */
+/**
+ * A model source: a URL (folder base or a .gguf file), picked files, a directory handle, or buffers by
+ * path. Buffers are read in place, tensor by tensor (weights are never copied whole into the wasm
+ * heap): keep them attached until the load resolves.
+ */
 export type ModelSource =
   | string
   | URL

@@ -309,6 +309,10 @@ async function fetchBytes(url, name, onProgress, optional, signal) {
   const total = Number(res.headers.get("content-length")) || 0;
   if (!res.body) return new Uint8Array(await res.arrayBuffer());
   const reader = res.body.getReader();
+  // With a length (of the body as it arrives: no Content-Encoding), chunks go straight into one
+  // buffer, so a weights file is held once, not as chunks plus their concatenation. The buffer is
+  // handed to the wasm side as it is: weights are read from it tensor by tensor, never copied whole.
+  let out = total && !res.headers.get("content-encoding") ? new Uint8Array(total) : null;
   const chunks = [];
   let loaded = 0;
   for (;;) {
@@ -321,17 +325,24 @@ async function fetchBytes(url, name, onProgress, optional, signal) {
     }
     const { done, value } = step;
     if (done) break;
-    chunks.push(value);
+    if (out && loaded + value.length > out.length) {
+      // More than the declared length: keep what came as a chunk and collect the rest.
+      chunks.push(out.subarray(0, loaded));
+      out = null;
+    }
+    if (out) out.set(value, loaded);
+    else chunks.push(value);
     loaded += value.length;
     onProgress?.({ file: name, loaded, total });
   }
-  const out = new Uint8Array(loaded);
+  if (out) return loaded === out.length ? out : out.subarray(0, loaded);
+  const all = new Uint8Array(loaded);
   let o = 0;
   for (const c of chunks) {
-    out.set(c, o);
+    all.set(c, o);
     o += c.length;
   }
-  return out;
+  return all;
 }
 
 async function gatherFiles(source, onProgress, wanted = HF_FILES, signal) {

@@ -163,6 +163,19 @@ impl Device {
         }
     }
 
+    /// [`Device::upload_weight`] taking the data: the CPU keeps it as it is rather than copying it,
+    /// so a loaded weight is in memory once (not twice while it is being loaded).
+    pub fn upload_weight_owned(&self, data: TensorData, name: &str) -> Result<Tensor> {
+        match self {
+            Device::Cpu(_) => Ok(Tensor {
+                shape: *data.shape(),
+                dtype: data.dtype(),
+                storage: crate::tensor::Storage::Cpu(std::sync::Arc::new(data.into_data())),
+            }),
+            Device::Gpu(_) => self.upload_weight(&data, name),
+        }
+    }
+
     /// [`Device::upload_weight`] for a tensor that follows another's split (a bias: the same row
     /// blocks as its weight).
     pub fn upload_like(&self, data: &TensorData, name: &str, like: &Tensor) -> Result<Tensor> {

@@ -212,12 +212,18 @@ impl Raw {
     }
 }
 
-/// The error for `bytes`, checking that it names the file.
+/// The error for `bytes`, checking that it names the file and that a ranged reader of the same
+/// bytes (what wasm loads through) gives the same error.
 fn kind(bytes: Vec<u8>) -> FileError {
+    let ranged = Gguf::from_reader("bad.gguf", std::sync::Arc::new(bytes.clone()));
     match Gguf::from_bytes("bad.gguf", bytes) {
         Ok(g) => panic!("accepted a bad file: {g:?}"),
         Err(Error::File { file, kind }) => {
             assert_eq!(file, "bad.gguf");
+            match ranged {
+                Err(Error::File { file, kind: k }) => assert_eq!((file.as_str(), &k), ("bad.gguf", &kind), "ranged reader"),
+                other => panic!("the ranged reader gave {other:?}, the whole file {kind:?}"),
+            }
             kind
         }
         Err(e) => panic!("untyped error: {e}"),
@@ -345,8 +351,11 @@ fn random_corruptions_never_panic() {
         if rng.below(4) == 0 {
             b.truncate(rng.below(b.len() as u32) as usize);
         }
-        // Either outcome is fine; a panic fails the test.
-        if let Ok(g) = Gguf::from_bytes("fuzz.gguf", b) {
+        // Either outcome is fine (the same from a ranged reader); a panic fails the test.
+        let ranged = Gguf::from_reader("fuzz.gguf", std::sync::Arc::new(b.clone())).map_err(|e| e.to_string());
+        let whole = Gguf::from_bytes("fuzz.gguf", b);
+        assert_eq!(ranged.as_ref().err(), whole.as_ref().err().map(|e| e.to_string()).as_ref());
+        if let Ok(g) = whole {
             for t in g.tensors() {
                 let _ = g.tensor(&t.name);
             }

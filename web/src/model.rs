@@ -1,18 +1,22 @@
 //! `Model`: a Hugging Face folder (an encoder such as MiniLM, or a Llama-family decoder) or a GGUF
-//! file, handed over as bytes by the JS facade (which fetches URLs, reads `File`s, reports
-//! progress). Type conversion only; the work is in `taskloom::models`. A file set with
+//! file, handed over as buffers by the JS facade (which fetches URLs, reads `File`s, reports
+//! progress). The buffers stay on the JS side: core reads them by byte ranges ([`JsBytes`]), so the
+//! weights reach the device one tensor at a time without a whole copy in the wasm heap. Type
+//! conversion only; the work is in `taskloom::models`. A file set with
 //! `taskloom.json` is a multi-task model (`taskloom::multitask`); an hf trunk's files come under
 //! `trunk/` in the same object.
 
 use crate::{bad_input, choose_device, core_err, opt_field};
 use std::collections::BTreeMap;
-use taskloom::formats::gguf::{is_gguf, Gguf};
+use std::sync::Arc;
+use taskloom::formats::gguf::Gguf;
+use taskloom::formats::RangeRead;
 use taskloom::models::causal::CausalLm;
 use taskloom::models::config::ModelConfig;
 use taskloom::models::generate::Sampling;
 use taskloom::lora::runtime::Mix;
 use taskloom::lora::Adapter;
-use taskloom::models::hf::{Encoder, Files, MemFiles};
+use taskloom::models::hf::{Encoder, Files, RangedFiles};
 use taskloom::multitask::{Input, MultiTask, Routing};
 use wasm_bindgen::prelude::*;
 
@@ -53,8 +57,29 @@ pub struct Model {
     kind: Kind,
 }
 
-/// `{ "config.json": Uint8Array | ArrayBuffer, ... }` → relative path → bytes.
-pub(crate) fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Vec<u8>>, JsError> {
+/// A `Uint8Array` left on the JS side, read by ranges (`subarray(..).copyTo`: synchronous, one copy
+/// straight into the destination).
+struct JsBytes(js_sys::Uint8Array);
+
+impl RangeRead for JsBytes {
+    fn len(&self) -> u64 {
+        self.0.length() as u64
+    }
+    fn read_at(&self, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+        // A detached buffer (transferred away meanwhile) has length 0, so it fails here too.
+        let end = start.checked_add(out.len() as u64).filter(|&e| e <= self.len());
+        let Some(end) = end else {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("bytes {start}.. past the end of a {}-byte buffer", self.len())));
+        };
+        // end <= length, a u32.
+        self.0.subarray(start as u32, end as u32).copy_to(out);
+        Ok(())
+    }
+}
+
+/// `{ "config.json": Uint8Array | ArrayBuffer, ... }` → relative path → a reader of the buffer
+/// (not copied).
+pub(crate) fn files_from_js(files: &JsValue) -> Result<RangedFiles, JsError> {
     if !files.is_object() {
         return Err(bad_input("model files must be an object of { path: Uint8Array | ArrayBuffer }"));
     }
@@ -65,15 +90,18 @@ pub(crate) fn files_from_js(files: &JsValue) -> Result<BTreeMap<String, Vec<u8>>
         let name = pair.get(0).as_string().unwrap_or_default();
         let v = pair.get(1);
         let bytes = if v.is_instance_of::<js_sys::Uint8Array>() {
-            js_sys::Uint8Array::from(v).to_vec()
+            js_sys::Uint8Array::from(v)
         } else if v.is_instance_of::<js_sys::ArrayBuffer>() {
-            js_sys::Uint8Array::new(&v).to_vec()
+            js_sys::Uint8Array::new(&v)
         } else {
             return Err(bad_input(format!("model file '{name}' must be a Uint8Array or ArrayBuffer")));
         };
-        out.insert(name, bytes);
+        // One thread in wasm: the Arc is only shared ownership (core's readers take one).
+        #[allow(clippy::arc_with_non_send_sync)]
+        let reader: Arc<dyn RangeRead> = Arc::new(JsBytes(bytes));
+        out.insert(name, reader);
     }
-    Ok(out)
+    Ok(RangedFiles(out))
 }
 
 fn num(opts: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
@@ -121,8 +149,7 @@ impl Model {
     /// the base weights are not reloaded.
     #[wasm_bindgen(js_name = addAdapter)]
     pub fn add_adapter(&mut self, name: String, files: JsValue) -> Result<(), JsError> {
-        let mem = MemFiles(files_from_js(&files)?);
-        let ad = Adapter::load(&name, &mem).map_err(core_err)?;
+        let ad = Adapter::load(&name, &files_from_js(&files)?).map_err(core_err)?;
         match &mut self.kind {
             Kind::Encoder(e) => e.bert.add_adapter(&e.device, ad),
             Kind::Decoder(d) => d.model.add_adapter(&d.device, ad),
@@ -253,23 +280,21 @@ impl Model {
     /// `opts.device`: "auto" | "webgpu" | "cpu".
     pub async fn load(files: JsValue, opts: JsValue) -> Result<Model, JsError> {
         let device = choose_device(&opts).await?;
-        let mut files = files_from_js(&files)?;
-        let gguf = files.iter().find(|(k, b)| k.ends_with(".gguf") || is_gguf(b)).map(|(k, _)| k.clone());
-        if let Some(name) = gguf {
-            let bytes = files.remove(&name).unwrap_or_default();
-            let lm = CausalLm::from_gguf(Gguf::from_bytes(name, bytes).map_err(core_err)?, device).map_err(core_err)?;
+        let files = files_from_js(&files)?;
+        if let Some((name, reader)) = files.gguf_name().and_then(|n| files.0.get(&n).map(|r| (n, r.clone()))) {
+            let lm = CausalLm::from_gguf(Gguf::from_reader(name, reader).map_err(core_err)?, device).map_err(core_err)?;
             return Ok(Model { kind: Kind::Decoder(lm) });
         }
-        if files.contains_key(taskloom::multitask::spec::FILE) {
-            let (trunk, own): (BTreeMap<_, _>, BTreeMap<_, _>) = files.into_iter().partition(|(k, _)| k.starts_with("trunk/"));
-            let trunk = MemFiles(trunk.into_iter().map(|(k, v)| (k["trunk/".len()..].to_string(), v)).collect());
+        if files.0.contains_key(taskloom::multitask::spec::FILE) {
+            let (trunk, own): (BTreeMap<_, _>, BTreeMap<_, _>) = files.0.into_iter().partition(|(k, _)| k.starts_with("trunk/"));
+            let trunk = RangedFiles(trunk.into_iter().map(|(k, v)| (k["trunk/".len()..].to_string(), v)).collect());
             let tasks = tasks_opt(&opts)?;
             let names: Option<Vec<&str>> = tasks.as_ref().map(|t| t.iter().map(|s| s.as_str()).collect());
             let trunk_ref: Option<&dyn Files> = if trunk.0.is_empty() { None } else { Some(&trunk) };
-            let m = MultiTask::load(&MemFiles(own), trunk_ref, device, names.as_deref()).map_err(core_err)?;
+            let m = MultiTask::load(&RangedFiles(own), trunk_ref, device, names.as_deref()).map_err(core_err)?;
             return Ok(Model { kind: Kind::MultiTask(Box::new(m), Default::default()) });
         }
-        let mem = MemFiles(files);
+        let mem = files;
         let cfg = mem.read("config.json").map_err(core_err)?.ok_or_else(|| bad_input("model files lack config.json (or a .gguf file)"))?;
         let kind = match ModelConfig::parse("config.json", &String::from_utf8_lossy(&cfg)).map_err(core_err)? {
             ModelConfig::Bert(_) => Kind::Encoder(Encoder::load(&mem, device).map_err(core_err)?),

@@ -1,21 +1,109 @@
-//! The bytes of a weights file: a read-only memory mapping natively, or a buffer handed over (wasm,
-//! tests). Shared by every reader so opening a file is checked the same way everywhere.
+//! The bytes of a weights file: a read-only memory mapping natively, a buffer handed over (tests),
+//! or a [`RangeRead`]er that fetches byte ranges on demand (wasm: an `ArrayBuffer` kept on the JS
+//! side, so the weights never sit whole in the wasm heap). Shared by every reader so opening a file
+//! is checked the same way everywhere.
 
-#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, FileError, Result};
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// `Send + Sync` natively (readers may be shared with worker threads); nothing in wasm, where there
+/// is one thread and a JS buffer handle is neither.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait MaybeSendSync: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync + ?Sized> MaybeSendSync for T {}
+/// `Send + Sync` natively; nothing in wasm.
+#[cfg(target_arch = "wasm32")]
+pub trait MaybeSendSync {}
+#[cfg(target_arch = "wasm32")]
+impl<T: ?Sized> MaybeSendSync for T {}
+
+/// Synchronous random access to a file's bytes (a `Uint8Array` on the JS side, a test double).
+/// Readers built over one ([`crate::formats::safetensors::SafeTensors::from_reader`],
+/// [`crate::formats::gguf::Gguf::from_reader`]) read the header once and then each tensor's range
+/// when it is loaded, so at most one tensor's raw bytes are copied into memory at a time.
+pub trait RangeRead: MaybeSendSync {
+    /// The file size in bytes.
+    fn len(&self) -> u64;
+    /// Fills `out` with the bytes at `[start, start + out.len())`; a range past the end is an
+    /// error (the readers never ask for one: they check every offset against [`RangeRead::len`]).
+    fn read_at(&self, start: u64, out: &mut [u8]) -> std::io::Result<()>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bytes in memory as a [`RangeRead`] (tests; a host that has the file whole anyway).
+impl RangeRead for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn read_at(&self, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let s = usize::try_from(start).ok().and_then(|s| self.get(s..s.checked_add(out.len())?));
+        let src = s.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "range past the end of the buffer"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+}
 
 pub(crate) enum Buffer {
     Owned(Vec<u8>),
     #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
+    Ranged(Arc<dyn RangeRead>),
 }
 
 impl Buffer {
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// The file size.
+    pub(crate) fn len(&self) -> u64 {
         match self {
-            Buffer::Owned(v) => v,
+            Buffer::Owned(v) => v.len() as u64,
             #[cfg(not(target_arch = "wasm32"))]
-            Buffer::Mapped(m) => m,
+            Buffer::Mapped(m) => m.len() as u64,
+            Buffer::Ranged(r) => r.len(),
+        }
+    }
+
+    /// The whole file, when it is in memory (owned or mapped); `None` for a ranged reader.
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
+        match self {
+            Buffer::Owned(v) => Some(v),
+            #[cfg(not(target_arch = "wasm32"))]
+            Buffer::Mapped(m) => Some(m),
+            Buffer::Ranged(_) => None,
+        }
+    }
+
+    /// The bytes `[start, start + len)`: borrowed when the file is in memory, read otherwise.
+    /// `file` names the file in errors.
+    pub(crate) fn read(&self, file: &str, start: u64, len: u64) -> Result<Cow<'_, [u8]>> {
+        let out_of_range = || {
+            Error::file(file, FileError::Truncated(format!("bytes {start}..{} asked of a file of {} bytes", start.saturating_add(len), self.len())))
+        };
+        let end = start.checked_add(len).filter(|&e| e <= self.len()).ok_or_else(out_of_range)?;
+        match self.whole() {
+            // end <= the length of a buffer in memory, so both fit in usize.
+            Some(b) => Ok(Cow::Borrowed(&b[start as usize..end as usize])),
+            None => {
+                let n = usize::try_from(len).map_err(|_| out_of_range())?;
+                let mut v = vec![0u8; n];
+                self.read_into(file, start, &mut v)?;
+                Ok(Cow::Owned(v))
+            }
+        }
+    }
+
+    /// Copies `[start, start + out.len())` into `out` (for a ranged reader: straight from its
+    /// source, with no intermediate copy).
+    pub(crate) fn read_into(&self, file: &str, start: u64, out: &mut [u8]) -> Result<()> {
+        match self {
+            Buffer::Ranged(r) => r.read_at(start, out).map_err(|source| Error::Io { path: file.to_string(), source }),
+            _ => {
+                let b = self.read(file, start, out.len() as u64)?;
+                out.copy_from_slice(&b);
+                Ok(())
+            }
         }
     }
 

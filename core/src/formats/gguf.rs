@@ -1,5 +1,10 @@
-//! GGUF (llama.cpp's single-file format): a validated reader, memory-mapped natively and from
-//! bytes in wasm, mirroring [`super::safetensors`].
+//! GGUF (llama.cpp's single-file format): a validated reader, memory-mapped natively, by byte
+//! ranges from a [`RangeRead`] in wasm, or from bytes, mirroring [`super::safetensors`].
+//!
+//! A GGUF header has no length prefix: a ranged reader parses a prefix of the file (1 MiB, then
+//! doubled, or as much as the failing read needed) until the header fits, up to
+//! [`MAX_RANGED_HEADER`]; a header that claims more than that is refused with
+//! [`FileError::BadHeader`] rather than read.
 //!
 //! The header is validated in full when the file is opened (see `header.rs`): magic, version 2
 //! or 3, capped counts and lengths, every string and array inside the file, a power-of-two
@@ -33,12 +38,20 @@ pub use header::{DEFAULT_ALIGNMENT, MAX_ARRAY_ELEMENTS, MAX_KV, MAX_TENSORS};
 pub use llama::{hf_to_gguf_name, unpermute_rows, GgufWeights};
 pub use value::MetaValue;
 
-use super::buffer::Buffer;
+use super::buffer::{Buffer, RangeRead};
 #[cfg(not(target_arch = "wasm32"))]
 use super::buffer::map_file;
 use crate::error::{Error, FileError, Result};
 use crate::tensor::TensorData;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Largest header a ranged reader reads (real headers, with 262k-token vocabularies, are tens of
+/// MiB); a header claiming more is corrupt or hostile.
+pub const MAX_RANGED_HEADER: u64 = 512 << 20;
+/// The first prefix a ranged reader parses.
+const FIRST_PREFIX: u64 = 1 << 20;
 
 /// One tensor as the header describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +84,7 @@ pub struct Gguf {
     buf: Buffer,
     version: u32,
     alignment: u64,
-    data_start: usize,
+    data_start: u64,
     /// In file order.
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
@@ -109,8 +122,17 @@ impl Gguf {
         Gguf::build(name.into(), Buffer::Owned(bytes))
     }
 
+    /// Validates the header of the file behind `reader`, reading only a prefix that holds it; each
+    /// tensor's bytes are read when it is loaded. `name` is used in messages.
+    pub fn from_reader(name: impl Into<String>, reader: Arc<dyn RangeRead>) -> Result<Gguf> {
+        Gguf::build(name.into(), Buffer::Ranged(reader))
+    }
+
     fn build(file: String, buf: Buffer) -> Result<Gguf> {
-        let h = header::parse(&file, buf.bytes())?;
+        let h = match buf.whole() {
+            Some(b) => header::parse(&file, b)?,
+            None => Gguf::ranged_header(&file, &buf)?,
+        };
         let index = h.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         let meta_index = h.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
         Ok(Gguf {
@@ -124,6 +146,26 @@ impl Gguf {
             metadata: h.metadata,
             meta_index,
         })
+    }
+
+    /// Parses growing prefixes of a ranged file until the header fits (see the module docs).
+    fn ranged_header(file: &str, buf: &Buffer) -> Result<header::Header> {
+        let size = buf.len();
+        let mut n = size.min(FIRST_PREFIX);
+        loop {
+            let prefix = buf.read(file, 0, n)?;
+            match header::parse_prefix(&prefix, size) {
+                Ok(h) => return Ok(h),
+                Err((kind, None)) => return Err(Error::file(file, kind)),
+                // A read past the prefix but inside the file: `need` (> n, <= size) bytes at least.
+                Err((_, Some(need))) if need <= MAX_RANGED_HEADER => n = need.max(n.saturating_mul(2)).min(size).min(MAX_RANGED_HEADER),
+                Err((_, Some(need))) => {
+                    return Err(Error::file(file, FileError::BadHeader(format!(
+                        "the header needs at least {need} bytes, above the {MAX_RANGED_HEADER}-byte cap for a header read by ranges"
+                    ))))
+                }
+            }
+        }
     }
 
     /// The path or name given when opening, as used in error messages.
@@ -160,12 +202,12 @@ impl Gguf {
         }
     }
 
-    /// The raw blocks of `name`, whatever its type.
-    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+    /// The raw blocks of `name`, whatever its type: borrowed from a mapping or owned bytes, read
+    /// (one copy of this tensor) from a ranged reader.
+    pub fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.info(name)?;
         // The header check guaranteed offset + bytes <= data length.
-        let start = self.data_start + t.offset as usize;
-        Ok(&self.buf.bytes()[start..start + t.bytes as usize])
+        self.buf.read(&self.file, self.data_start + t.offset, t.bytes)
     }
 
     /// Loads `name` dequantised to f32, in row-major shape ([`TensorInfo::shape`]).
@@ -175,7 +217,14 @@ impl Gguf {
         if !t.ggml_type.is_loadable() {
             return Err(unsupported());
         }
-        let values = dequantize(t.ggml_type, self.bytes(name)?).ok_or_else(unsupported)?;
+        let values = if t.ggml_type == GgmlType::F32 && matches!(self.buf, Buffer::Ranged(_)) {
+            // Straight into the f32 storage, without a raw copy first.
+            let mut v = vec![0f32; t.numel() as usize];
+            self.buf.read_into(&self.file, self.data_start + t.offset, bytemuck::cast_slice_mut(&mut v))?;
+            v
+        } else {
+            dequantize(t.ggml_type, &self.bytes(name)?).ok_or_else(unsupported)?
+        };
         TensorData::f32(&t.shape(), values)
     }
 

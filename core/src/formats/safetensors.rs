@@ -1,4 +1,5 @@
-//! Hugging Face safetensors: reading (memory-mapped natively, from bytes in wasm) and writing.
+//! Hugging Face safetensors: reading (memory-mapped natively, by byte ranges from a [`RangeRead`]
+//! in wasm, or from bytes) and writing.
 //!
 //! The header is validated in full when the file is opened (see `header.rs`): offsets inside the
 //! data section, no overlaps, byte length = shape × dtype size, sane shapes, a capped header
@@ -21,13 +22,15 @@ pub use write::serialize;
 pub use write::{write, write_raw, RawTensor};
 
 use crate::dtype::DType;
-use super::buffer::Buffer;
+use super::buffer::{Buffer, RangeRead};
 #[cfg(not(target_arch = "wasm32"))]
 use super::buffer::map_file;
 use crate::error::{Error, FileError, Result};
 use crate::shape::Shape;
-use crate::tensor::TensorData;
+use crate::tensor::{HostData, TensorData};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One tensor as the header describes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +56,7 @@ impl TensorInfo {
 pub struct SafeTensors {
     file: String,
     buf: Buffer,
-    data_start: usize,
+    data_start: u64,
     /// In file order.
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
@@ -79,10 +82,27 @@ impl SafeTensors {
         SafeTensors::build(name.into(), Buffer::Owned(bytes))
     }
 
+    /// Validates the header of the file behind `reader`, reading only its length prefix and the
+    /// header; each tensor's bytes are read when it is loaded. `name` is used in messages.
+    pub fn from_reader(name: impl Into<String>, reader: Arc<dyn RangeRead>) -> Result<SafeTensors> {
+        SafeTensors::build(name.into(), Buffer::Ranged(reader))
+    }
+
     fn build(file: String, buf: Buffer) -> Result<SafeTensors> {
-        let h = header::parse(&file, buf.bytes())?;
+        let h = match buf.whole() {
+            Some(b) => header::parse(&file, b)?,
+            None => {
+                let size = buf.len();
+                let prefix = buf.read(&file, 0, size.min(8))?;
+                let len = prefix.first_chunk::<8>().map_or(0, |p| u64::from_le_bytes(*p));
+                // Read the header only when the prefix check would pass; otherwise the prefix
+                // alone gives the same error as the whole file would.
+                let whole = if prefix.len() == 8 && len <= MAX_HEADER_LEN && 8 + len <= size { buf.read(&file, 0, 8 + len)? } else { prefix };
+                header::parse_sized(&file, &whole, size)?
+            }
+        };
         let index = h.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(SafeTensors { file, buf, data_start: h.data_start, tensors: h.tensors, index, metadata: h.metadata })
+        Ok(SafeTensors { file, buf, data_start: h.data_start as u64, tensors: h.tensors, index, metadata: h.metadata })
     }
 
     /// The path or name given when opening, as used in error messages.
@@ -117,19 +137,29 @@ impl SafeTensors {
         }
     }
 
-    /// The raw little-endian bytes of `name`, whatever its dtype. Not aligned in general.
-    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+    /// The raw little-endian bytes of `name`, whatever its dtype. Not aligned in general. Borrowed
+    /// from a mapping or owned bytes; read (one copy of this tensor) from a ranged reader.
+    pub fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         let t = self.info(name)?;
         // The header check guaranteed offset + bytes <= data length, so this cannot go out of range.
-        let start = self.data_start + t.offset as usize;
-        Ok(&self.buf.bytes()[start..start + t.bytes as usize])
+        self.buf.read(&self.file, self.data_start + t.offset, t.bytes)
+    }
+
+    /// The bytes of `name` borrowed from the file in memory (mapped or owned); `None` when the file
+    /// is read by ranges (then [`SafeTensors::bytes`] reads them).
+    pub fn in_memory(&self, name: &str) -> Result<Option<&[u8]>> {
+        let t = self.info(name)?;
+        let Some(b) = self.buf.whole() else { return Ok(None) };
+        // The header check guaranteed offset + bytes <= data length; the file is in memory.
+        let start = (self.data_start + t.offset) as usize;
+        Ok(Some(&b[start..start + t.bytes as usize]))
     }
 
     /// Drops the pages of `name` from this process's resident set (natively; a no-op for bytes in
     /// memory). For streaming readers that are done with a tensor.
     pub fn release(&self, name: &str) {
         if let Ok(t) = self.info(name) {
-            let start = self.data_start + t.offset as usize;
+            let start = (self.data_start + t.offset) as usize;
             self.buf.release(start..start + t.bytes as usize);
         }
     }
@@ -138,12 +168,13 @@ impl SafeTensors {
     /// Linux; a no-op otherwise).
     pub fn prefetch(&self, name: &str) {
         if let Ok(t) = self.info(name) {
-            let start = self.data_start + t.offset as usize;
+            let start = (self.data_start + t.offset) as usize;
             self.buf.prefetch(start..start + t.bytes as usize);
         }
     }
 
-    /// Loads `name` into host memory (one copy out of the mapping). Unsupported dtypes give
+    /// Loads `name` into host memory (one copy out of the mapping or the ranged reader: a ranged
+    /// read goes straight into the tensor's typed storage). Unsupported dtypes give
     /// [`FileError::UnsupportedDType`], ranks above 4 [`FileError::AbsurdShape`].
     pub fn tensor(&self, name: &str) -> Result<TensorData> {
         let t = self.info(name)?;
@@ -153,7 +184,28 @@ impl SafeTensors {
         if Shape::new(&t.shape).is_err() {
             return Err(Error::file(&self.file, FileError::AbsurdShape { tensor: t.name.clone(), shape: t.shape.clone() }));
         }
-        TensorData::from_bytes(dtype, &t.shape, self.bytes(name)?)
+        if let Buffer::Ranged(_) = self.buf {
+            let start = self.data_start + t.offset;
+            // The header check bounded the element count (and tied it to the byte length).
+            let n = t.shape.iter().product::<usize>();
+            let data = match dtype {
+                DType::F32 => HostData::F32(self.read_vec(start, n)?),
+                DType::F16 => HostData::F16(self.read_vec(start, n)?),
+                DType::BF16 => HostData::BF16(self.read_vec(start, n)?),
+                DType::U32 => HostData::U32(self.read_vec(start, n)?),
+                DType::I32 => HostData::I32(self.read_vec(start, n)?),
+                _ => HostData::from_bytes(dtype, &self.bytes(name)?)?,
+            };
+            return TensorData::new(&t.shape, data);
+        }
+        TensorData::from_bytes(dtype, &t.shape, &self.bytes(name)?)
+    }
+
+    /// `n` little-endian elements at `start`, read straight into their vector.
+    fn read_vec<T: bytemuck::Pod>(&self, start: u64, n: usize) -> Result<Vec<T>> {
+        let mut v = vec![T::zeroed(); n];
+        self.buf.read_into(&self.file, start, bytemuck::cast_slice_mut(&mut v))?;
+        Ok(v)
     }
 
     /// Validates the header of a file of `file_size` bytes from `prefix`, its first bytes through the

@@ -286,16 +286,29 @@ impl GpuBackend {
         Ok(Tensor { shape, dtype, storage: Storage::Gpu(GpuBuffer::one(buf)) })
     }
 
-    /// One storage buffer holding `bytes` (padded to 4), counted as uploaded.
+    /// One storage buffer holding `bytes` (padded to 4), counted as uploaded. Written with
+    /// `write_buffer` straight from `bytes`: no host copy (in wasm, a mapped-at-creation buffer
+    /// would mirror the whole tensor in the wasm heap, and a padded copy would be one more).
     fn upload_bytes(&self, bytes: &[u8]) -> wgpu::Buffer {
-        let mut contents = bytes.to_vec();
-        contents.resize(padded(bytes.len() as u64) as usize, 0);
-        self.inner.uploaded.fetch_add(contents.len() as u64, Ordering::Relaxed);
-        self.inner.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let size = padded(bytes.len() as u64);
+        self.inner.uploaded.fetch_add(size, Ordering::Relaxed);
+        let buf = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            contents: &contents,
+            size,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+            mapped_at_creation: false,
+        });
+        // write_buffer takes multiples of 4 bytes: the whole words, then the last partial one padded.
+        let whole = bytes.len() / 4 * 4;
+        if whole > 0 {
+            self.inner.queue.write_buffer(&buf, 0, &bytes[..whole]);
+        }
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.inner.queue.write_buffer(&buf, whole as u64, &tail);
+        }
+        buf
     }
 
     /// A small read-only buffer for an unused binding.

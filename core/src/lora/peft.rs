@@ -180,8 +180,8 @@ impl Adapter {
     /// Reads a PEFT adapter from its files (`adapter_config.json`, `adapter_model.safetensors`).
     pub fn load(name: &str, files: &dyn Files) -> Result<Adapter> {
         let config = LoraConfig::read(name, files)?;
-        let st = match files.read("adapter_model.safetensors")? {
-            Some(b) => SafeTensors::from_bytes("adapter_model.safetensors", b)?,
+        let st = match files.safetensors("adapter_model.safetensors")? {
+            Some(st) => st,
             None if files.read("adapter_model.bin")?.is_some() => {
                 return Err(bad(name, "adapter_model.bin (a pickle) is not supported; save the adapter with safe_serialization"))
             }

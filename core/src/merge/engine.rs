@@ -415,7 +415,10 @@ async fn compute(
                         continue;
                     };
                     st.prefetch(name);
-                    let bytes = st.bytes(name)?;
+                    let Some(bytes) = st.in_memory(name)? else {
+                        views.push(std::borrow::Cow::Owned(rd.one(k, read).await?));
+                        continue;
+                    };
                     *read += bytes.len() as u64;
                     let plain = info.dtype == "F32" && !matches!(through, Some(DType::F16 | DType::BF16));
                     match bytemuck::try_cast_slice::<u8, f32>(bytes) {

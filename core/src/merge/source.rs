@@ -141,7 +141,7 @@ impl Shard {
     /// The raw bytes of `name` (an entry of this shard): borrowed from the mapping, or read.
     pub async fn bytes(&self, name: &str) -> Result<Cow<'_, [u8]>> {
         match self {
-            Shard::Mapped(s) => s.bytes(name).map(Cow::Borrowed),
+            Shard::Mapped(s) => s.bytes(name),
             Shard::Lazy(l) => {
                 let t = l.index.get(name).map(|&i| &l.tensors[i]).ok_or_else(|| Error::File { file: l.src.name().into(), kind: FileError::MissingTensor(name.into()) })?;
                 let mut v = vec![0u8; t.bytes as usize];

@@ -1,17 +1,21 @@
 //! A Hugging Face model folder (`config.json`, `*.safetensors`, `tokenizer.json`, and for
-//! sentence-transformers `modules.json` + `1_Pooling/config.json`), from disk natively or from a
-//! map of file names to bytes (wasm, tests).
+//! sentence-transformers `modules.json` + `1_Pooling/config.json`), from disk natively, from a map
+//! of file names to bytes (tests), or from a map of file names to [`RangeRead`]ers (wasm: buffers
+//! kept on the JS side, so weights are read one tensor at a time and never sit whole in the heap).
 
 use super::bert::{pool, Bert, EncoderInput, Pooling};
 use super::config::ModelConfig;
 use super::{Progress, Tracked, Weights};
 use crate::device::Device;
 use crate::error::{Error, FileError, Result};
+use crate::formats::gguf::is_gguf;
 use crate::formats::safetensors::SafeTensors;
+use crate::formats::RangeRead;
 use crate::lora::runtime::Mix;
 use crate::tensor::TensorData;
 use crate::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// All the safetensors shards of one model; a name is looked up in the shard that holds it.
 pub struct Shards(pub Vec<SafeTensors>);
@@ -43,9 +47,16 @@ pub trait Files {
     /// Safetensors shards in name order.
     fn weights(&self) -> Result<Shards>;
     fn name(&self) -> String;
+    /// The safetensors file `rel` opened (its header validated; `rel` names it in messages), or
+    /// `None` when absent. By default read whole; a source that can do better (ranged reads)
+    /// overrides it.
+    fn safetensors(&self, rel: &str) -> Result<Option<SafeTensors>> {
+        self.read(rel)?.map(|b| SafeTensors::from_bytes(rel, b)).transpose()
+    }
 }
 
-/// Files handed over as bytes (wasm `ArrayBuffer`s, tests).
+/// Files handed over as bytes (tests, the CLI's built-in demo). `weights()` copies each shard, so
+/// for large weights use [`RangedFiles`].
 pub struct MemFiles(pub BTreeMap<String, Vec<u8>>);
 
 impl Files for MemFiles {
@@ -63,6 +74,44 @@ impl Files for MemFiles {
     }
     fn name(&self) -> String {
         "(in-memory files)".into()
+    }
+}
+
+/// Files handed over as [`RangeRead`]ers (wasm: `Uint8Array`s on the JS side). Weights are opened
+/// with [`SafeTensors::from_reader`], so only headers are read up front and each tensor's bytes when
+/// it is loaded; [`Files::read`] (config, tokenizer: small files) copies the whole file.
+#[derive(Clone, Default)]
+pub struct RangedFiles(pub BTreeMap<String, Arc<dyn RangeRead>>);
+
+impl RangedFiles {
+    /// The GGUF file among these, if any: the first named `*.gguf` or starting with its magic.
+    pub fn gguf_name(&self) -> Option<String> {
+        let magic = |r: &Arc<dyn RangeRead>| {
+            let mut m = [0u8; 4];
+            r.len() >= 4 && r.read_at(0, &mut m).is_ok() && is_gguf(&m)
+        };
+        self.0.iter().find(|(k, r)| k.ends_with(".gguf") || magic(r)).map(|(k, _)| k.clone())
+    }
+}
+
+impl Files for RangedFiles {
+    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let Some(r) = self.0.get(rel) else { return Ok(None) };
+        let io = |source| Error::Io { path: rel.to_string(), source };
+        let n = usize::try_from(r.len()).map_err(|_| io(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "file larger than the address space")))?;
+        let mut v = vec![0u8; n];
+        r.read_at(0, &mut v).map_err(io)?;
+        Ok(Some(v))
+    }
+    fn weights(&self) -> Result<Shards> {
+        let v = self.0.iter().filter(|(k, _)| k.ends_with(".safetensors")).map(|(k, r)| SafeTensors::from_reader(k.clone(), r.clone())).collect::<Result<Vec<_>>>()?;
+        Ok(Shards(v))
+    }
+    fn name(&self) -> String {
+        "(in-memory files)".into()
+    }
+    fn safetensors(&self, rel: &str) -> Result<Option<SafeTensors>> {
+        self.0.get(rel).map(|r| SafeTensors::from_reader(rel, r.clone())).transpose()
     }
 }
 

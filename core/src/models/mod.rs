@@ -95,7 +95,7 @@ fn fetch(w: &dyn Weights, name: &str, dims: &[usize]) -> Result<TensorData> {
 /// Fetches `name`, checks its shape, uploads it (split into row blocks on a GPU when it is larger
 /// than one binding may hold: see [`Device::upload_weight`]).
 pub(crate) fn load(dev: &Device, w: &dyn Weights, name: &str, dims: &[usize]) -> Result<Tensor> {
-    dev.upload_weight(&fetch(w, name, dims)?, name)
+    dev.upload_weight_owned(fetch(w, name, dims)?, name)
 }
 
 /// `y = x · Wᵀ + b`, with `W [out, in]` as PyTorch's `nn.Linear` stores it, plus the LoRA

@@ -38,6 +38,9 @@ impl Files for SubFiles<'_> {
     fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         self.files.read(&format!("{}/{rel}", self.dir))
     }
+    fn safetensors(&self, rel: &str) -> Result<Option<crate::formats::safetensors::SafeTensors>> {
+        self.files.safetensors(&format!("{}/{rel}", self.dir))
+    }
     fn weights(&self) -> Result<Shards> {
         Err(Error::InvalidParam { op: "multitask", reason: format!("{}: an adapter folder has no model weights", self.name()) })
     }

@@ -21,7 +21,6 @@ pub mod vit;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::formats::safetensors::SafeTensors;
 use crate::models::bert::{pool, Pooling};
 use crate::models::hf::{Encoder, Files, Shards};
 use crate::lora::runtime::{LoraHost, Mix};
@@ -271,11 +270,11 @@ impl MultiTask {
         let selected = spec.select(tasks)?;
         let mut shards = Vec::new();
         for name in &spec.weights {
-            let bytes = files.read(name)?.ok_or_else(|| Error::Io {
+            let st = files.safetensors(name)?.ok_or_else(|| Error::Io {
                 path: format!("{}/{name}", files.name()),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("named in {} 'weights' but missing", spec::FILE)),
             })?;
-            shards.push(SafeTensors::from_bytes(name.clone(), bytes)?);
+            shards.push(st);
         }
         let w = Shards(shards);
         let l = Loader::new(&device, &w);

@@ -43,20 +43,27 @@ pub(super) struct Header {
     /// In file order.
     pub tensors: Vec<TensorInfo>,
     pub alignment: u64,
-    pub data_start: usize,
+    pub data_start: u64,
 }
 
-/// A cursor over the file that refuses to read past its end.
+/// A cursor over the file that refuses to read past its end. `buf` holds the file's first bytes
+/// (all of them, or a prefix that a ranged reader grows until the header fits).
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The whole file's size: what every length is checked against.
+    file_size: u64,
     /// Array elements read so far, against [`MAX_ARRAY_ELEMENTS`].
     elements: u64,
+    /// Set when a read fit in the file but not in `buf`: the parse failed for want of a longer
+    /// prefix, and needs at least this many bytes.
+    short: Option<u64>,
 }
 
 impl<'a> Reader<'a> {
+    /// Bytes of the file after the cursor.
     fn remaining(&self) -> u64 {
-        (self.buf.len() - self.pos) as u64
+        self.file_size - self.pos as u64
     }
 
     fn take(&mut self, n: u64, what: &str) -> std::result::Result<&'a [u8], FileError> {
@@ -67,8 +74,14 @@ impl<'a> Reader<'a> {
                 self.remaining()
             )));
         }
-        // n <= remaining <= usize::MAX.
-        let s = &self.buf[self.pos..self.pos + n as usize];
+        // n <= remaining, so pos + n <= file_size.
+        let end = self.pos as u64 + n;
+        if end > self.buf.len() as u64 {
+            self.short = Some(end);
+            return Err(FileError::Truncated(format!("{what} at byte {} lies beyond the {} bytes read", self.pos, self.buf.len())));
+        }
+        // end <= buf.len() <= usize::MAX.
+        let s = &self.buf[self.pos..end as usize];
         self.pos += n as usize;
         Ok(s)
     }
@@ -167,11 +180,18 @@ impl<'a> Reader<'a> {
 
 /// Validates the whole header of `buf` (the whole file).
 pub(super) fn parse(file: &str, buf: &[u8]) -> Result<Header> {
-    parse_inner(buf).map_err(|kind| Error::file(file, kind))
+    parse_prefix(buf, buf.len() as u64).map_err(|(kind, _)| Error::file(file, kind))
 }
 
-fn parse_inner(buf: &[u8]) -> std::result::Result<Header, FileError> {
-    let mut r = Reader { buf, pos: 0, elements: 0 };
+/// Validates the header of a file of `file_size` bytes from `prefix`, its first bytes. On failure,
+/// also returns how many bytes a retry needs when the failure came from reading past `prefix`
+/// (still inside the file): the caller reads a longer prefix and parses again.
+pub(super) fn parse_prefix(prefix: &[u8], file_size: u64) -> std::result::Result<Header, (FileError, Option<u64>)> {
+    let mut r = Reader { buf: prefix, pos: 0, file_size, elements: 0, short: None };
+    parse_inner(&mut r).map_err(|kind| (kind, r.short))
+}
+
+fn parse_inner(r: &mut Reader) -> std::result::Result<Header, FileError> {
     let magic: [u8; 4] = r.array("magic")?;
     if &magic != MAGIC {
         return Err(FileError::BadHeader(format!("not a GGUF file: magic {magic:02x?}, expected \"GGUF\"")));
@@ -219,14 +239,14 @@ fn parse_inner(buf: &[u8]) -> std::result::Result<Header, FileError> {
     let mut tensors = Vec::new();
     let mut names = HashSet::new();
     for i in 0..n_tensors {
-        let t = tensor_info(&mut r, i)?;
+        let t = tensor_info(r, i)?;
         if !names.insert(t.name.clone()) {
             return Err(FileError::BadHeader(format!("tensor '{}' appears twice", t.name)));
         }
         tensors.push(t);
     }
 
-    let file_size = buf.len() as u64;
+    let file_size = r.file_size;
     let header_end = r.pos as u64;
     let data_start = match header_end.div_ceil(alignment).checked_mul(alignment) {
         Some(s) if s <= file_size => s,
@@ -259,8 +279,7 @@ fn parse_inner(buf: &[u8]) -> std::result::Result<Header, FileError> {
         }
     }
     check_overlap(&tensors)?;
-    // data_start <= file size, which is a usize.
-    Ok(Header { version, metadata, tensors, alignment, data_start: data_start as usize })
+    Ok(Header { version, metadata, tensors, alignment, data_start })
 }
 
 fn tensor_info(r: &mut Reader, i: u64) -> std::result::Result<TensorInfo, FileError> {

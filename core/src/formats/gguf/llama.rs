@@ -120,7 +120,7 @@ impl GgufWeights {
         let dims = info.shape();
         let [rows, cols] = dims[..] else { return Ok(None) };
         let bad = |e: Error| self.gguf.bad(format!("tensor '{g}': {e}"));
-        let mut q = crate::quant::QuantMatrix::from_ggml(dtype, rows, cols, self.gguf.bytes(g)?).map_err(bad)?;
+        let mut q = crate::quant::QuantMatrix::from_ggml(dtype, rows, cols, &self.gguf.bytes(g)?).map_err(bad)?;
         if let Some(heads) = heads {
             let src = unpermuted_sources(rows, heads)
                 .ok_or_else(|| self.gguf.bad(format!("tensor '{g}': {rows} rows do not split into {heads} heads of rotary pairs")))?;

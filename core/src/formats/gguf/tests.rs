@@ -3,6 +3,8 @@
 use super::*;
 use crate::models::Weights;
 use half::f16;
+use crate::formats::RangeRead;
+use std::sync::Arc;
 
 /// Writes a valid little-endian GGUF v3 file (alignment 32).
 #[derive(Default)]
@@ -251,4 +253,105 @@ fn tokenizer_from_metadata() {
     assert_eq!(t.decode(&[6, 7, 0, 4], true).unwrap(), "ab ab1");
     let g2 = Builder::default().str("tokenizer.ggml.model", "llama").open();
     assert!(g2.tokenizer().is_err());
+}
+
+/// A [`RangeRead`] over bytes, optionally claiming a larger size (zeros past the bytes), that
+/// records the end of the furthest read.
+struct Ranged {
+    bytes: Vec<u8>,
+    len: u64,
+    furthest: std::sync::atomic::AtomicU64,
+}
+
+impl Ranged {
+    fn new(bytes: Vec<u8>) -> Arc<Ranged> {
+        let len = bytes.len() as u64;
+        Arc::new(Ranged { bytes, len, furthest: Default::default() })
+    }
+    fn furthest(&self) -> u64 {
+        self.furthest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl RangeRead for Ranged {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let end = start + out.len() as u64;
+        assert!(end <= self.len, "read past the end: {start}..{end} of {}", self.len);
+        self.furthest.fetch_max(end, std::sync::atomic::Ordering::Relaxed);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self.bytes.get(start as usize + i).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+}
+
+/// `tiny_llama` with a vocabulary big enough that the header spans several MiB (prefix growth),
+/// and a tensor of 16 MiB.
+fn big_header_llama() -> Builder {
+    let words: Vec<String> = (0..200_000).map(|i| format!("token-{i:08}")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let big: Vec<f32> = (0..4 << 20).map(|i| (i % 1000) as f32).collect();
+    tiny_llama().strs("tokenizer.ggml.tokens", &refs).f32_tensor("big.weight", &[1024, 4096], &big)
+}
+
+#[test]
+fn ranged_reader_reads_the_same_header_and_tensors() {
+    for b in [tiny_llama(), big_header_llama()] {
+        let bytes = b.build();
+        let whole = Gguf::from_bytes("t.gguf", bytes.clone()).unwrap();
+        let src = Ranged::new(bytes.clone());
+        let g = Gguf::from_reader("t.gguf", src.clone()).unwrap();
+        // Opening read the first prefix (1 MiB, or the whole of a smaller file) or, for a longer
+        // header, under twice the header: not the tensor data.
+        let bound = (bytes.len() as u64).min(1 << 20).max(2 * whole.data_start);
+        assert!(src.furthest() <= bound, "read to {} of a header ending at {}", src.furthest(), whole.data_start);
+        assert!(src.furthest() < bytes.len() as u64 || bytes.len() < 1 << 20);
+        assert_eq!((g.version(), g.alignment(), g.data_start), (whole.version(), whole.alignment(), whole.data_start));
+        assert_eq!(g.tensors(), whole.tensors());
+        assert_eq!(g.metadata(), whole.metadata());
+        for t in whole.tensors() {
+            assert_eq!(g.tensor(&t.name).unwrap(), whole.tensor(&t.name).unwrap(), "{}", t.name);
+            assert_eq!(g.bytes(&t.name).unwrap(), whole.bytes(&t.name).unwrap(), "{}", t.name);
+        }
+        let (a, b) = (GgufWeights::new(g).unwrap(), GgufWeights::new(whole).unwrap());
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert_eq!(a.tensor(q).unwrap(), b.tensor(q).unwrap());
+    }
+}
+
+#[test]
+fn ranged_reader_gives_the_same_errors_for_cut_files() {
+    let bytes = big_header_llama().build();
+    let header_end = Gguf::from_bytes("t.gguf", bytes.clone()).unwrap().data_start as usize;
+    assert!(header_end > 3 << 20, "the header must span several prefixes: {header_end}");
+    for cut in [0, 3, 23, 100, 1 << 20, (1 << 20) + 7, 3 << 20, header_end - 1, header_end + 5, bytes.len() - 1] {
+        let f = bytes[..cut].to_vec();
+        let want = match Gguf::from_bytes("t.gguf", f.clone()) {
+            Err(Error::File { file, kind }) => (file, kind),
+            other => panic!("cut at {cut}: {other:?}"),
+        };
+        match Gguf::from_reader("t.gguf", Ranged::new(f)) {
+            Err(Error::File { file, kind }) => assert_eq!((file, kind), want, "cut at {cut}"),
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ranged_reader_refuses_a_header_above_its_cap_without_reading_it() {
+    // One string value claiming 2 GiB, in a "file" of 3 GiB (zeros past the real bytes): a whole-file
+    // parse would get to the tensor list; a ranged one must not read gigabytes to find out.
+    let f = Builder::default().kv("s", 8, &(2u64 << 30).to_le_bytes()).build();
+    let src = Arc::new(Ranged { len: 3 << 30, ..Arc::into_inner(Ranged::new(f)).unwrap() });
+    match Gguf::from_reader("big.gguf", src.clone()) {
+        Err(Error::File { file, kind: FileError::BadHeader(m) }) => {
+            assert_eq!(file, "big.gguf");
+            assert!(m.contains("cap"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(src.furthest() <= 1 << 20, "read {} bytes", src.furthest());
 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::tensor::HostData;
 use half::{bf16, f16};
+use std::sync::Arc;
 
 /// A file with the given raw header JSON and `data_len` zero bytes of data.
 fn raw(header: &str, data_len: usize) -> Vec<u8> {
@@ -164,4 +165,112 @@ fn write_then_open_mapped() {
     assert!(matches!(SafeTensors::open(&path), Err(Error::File { kind: FileError::Truncated(_), .. })));
     assert!(matches!(SafeTensors::open(&dir), Err(Error::Io { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A [`RangeRead`] over bytes that records every read (start, length).
+struct Counting {
+    bytes: Vec<u8>,
+    reads: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl Counting {
+    fn new(bytes: Vec<u8>) -> Arc<Counting> {
+        Arc::new(Counting { bytes, reads: Default::default() })
+    }
+    fn reads(&self) -> Vec<(u64, usize)> {
+        std::mem::take(&mut *self.reads.lock().unwrap())
+    }
+}
+
+impl RangeRead for Counting {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, start: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.reads.lock().unwrap().push((start, out.len()));
+        self.bytes.read_at(start, out)
+    }
+}
+
+fn ranged(bytes: Vec<u8>) -> Result<SafeTensors> {
+    SafeTensors::from_reader("t.safetensors", Arc::new(bytes))
+}
+
+#[test]
+fn ranged_reader_reads_the_header_then_one_tensor_at_a_time() {
+    let s = sample();
+    let list: Vec<(&str, &TensorData)> = s.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = serialize(&list, Some(&meta)).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let whole = SafeTensors::from_bytes("mem", bytes.clone()).unwrap();
+    let src = Counting::new(bytes);
+    let st = SafeTensors::from_reader("mem", src.clone()).unwrap();
+    // Opening read the length prefix and the header, nothing of the data.
+    assert!(src.reads().iter().all(|&(s, n)| s + n as u64 <= header_end));
+    assert_eq!(st.names(), whole.names());
+    assert_eq!(st.tensors(), whole.tensors());
+    assert_eq!(st.metadata(), whole.metadata());
+    assert_eq!(st.total_bytes(), whole.total_bytes());
+    for (name, t) in &s {
+        assert_eq!(&st.tensor(name).unwrap(), t, "{name}");
+        assert_eq!(st.bytes(name).unwrap(), whole.bytes(name).unwrap(), "{name}");
+        assert!(st.in_memory(name).unwrap().is_none());
+        // Each tensor is exactly one read of its own bytes (the empty one may be none).
+        let info = st.info(name).unwrap();
+        let reads = src.reads();
+        assert!(reads.iter().all(|&(_, n)| n as u64 == info.bytes), "{name}: {reads:?}");
+        assert!(!reads.is_empty() || info.bytes == 0, "{name}");
+    }
+    assert!(matches!(st.tensor("nope"), Err(Error::File { kind: FileError::MissingTensor(n), .. }) if n == "nope"));
+}
+
+#[test]
+fn ranged_header_defects_are_the_same_typed_errors() {
+    let mut files = vec![vec![], vec![1, 2, 3], (MAX_HEADER_LEN + 1).to_le_bytes().to_vec(), 1000u64.to_le_bytes().to_vec()];
+    files[2].extend_from_slice(b"{}");
+    files[3].extend_from_slice(b"{}");
+    for (h, n) in [
+        ("not json", 0),
+        (r#"{"__metadata__": {"a": 1}}"#, 0),
+        (r#"{"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#, 4),
+        (r#"{"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#, 8),
+        (r#"{"x": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]}}"#, 4),
+        (r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}"#, 12),
+    ] {
+        files.push(raw(h, n));
+    }
+    // A valid file cut short anywhere: in the prefix, the header or the data.
+    let t = TensorData::f32(&[4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let good = serialize(&[("w", &t)], None).unwrap();
+    for cut in [4, 12, good.len() - 20, good.len() - 1] {
+        files.push(good[..cut].to_vec());
+    }
+    for f in files {
+        let want = kind(SafeTensors::from_bytes("t.safetensors", f.clone()));
+        let src = Counting::new(f.clone());
+        let got = kind(SafeTensors::from_reader("t.safetensors", src.clone()));
+        assert_eq!(got, want, "{f:?}");
+        // A lying length is never followed: nothing past the file, nothing past the cap.
+        assert!(src.reads().iter().all(|&(s, n)| s + n as u64 <= (f.len() as u64).min(8 + MAX_HEADER_LEN)));
+    }
+    assert_eq!(kind(ranged(1000u64.to_le_bytes().to_vec())), FileError::HeaderBeyondFile { len: 1000, file_size: 8 });
+}
+
+#[test]
+fn ranged_read_failures_name_the_file() {
+    /// Claims more bytes than it can give (a buffer detached on the JS side).
+    struct Gone;
+    impl RangeRead for Gone {
+        fn len(&self) -> u64 {
+            100
+        }
+        fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "detached"))
+        }
+    }
+    match SafeTensors::from_reader("gone.safetensors", Arc::new(Gone)) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, "gone.safetensors"),
+        other => panic!("expected an IO error, got {other:?}"),
+    }
 }
