@@ -2,10 +2,10 @@
 // serve files on 127.0.0.1. Nothing here talks to the network.
 
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
-import { dirname, extname, join, resolve, sep } from "node:path";
+import { dirname, extname, join, relative, resolve, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const here = dirname(fileURLToPath(import.meta.url));
@@ -157,4 +157,38 @@ export async function openPage(mounts, pagePath) {
       await server.close();
     },
   };
+}
+
+/** The packaged model folder `rel` under target/models (or $TASKLOOM_MODELS); a missing one skips
+ * test `t`, or fails it when TASKLOOM_REQUIRE_MODELS=1 (CI). */
+export function modelDir(rel, t) {
+  const dir = join(process.env.TASKLOOM_MODELS ?? join(repo, "target/models"), rel);
+  if (existsSync(dir)) return dir;
+  if (process.env.TASKLOOM_REQUIRE_MODELS === "1") throw new Error(`${dir} is missing (run scripts/fetch-models.sh)`);
+  t.skip(`${dir} is missing (run scripts/fetch-models.sh)`);
+  return null;
+}
+
+/** Every file under `dir` as { relative/path: Uint8Array }. */
+export function filesOf(dir) {
+  const out = {};
+  const walk = (d) => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
+      if (statSync(p).isDirectory()) walk(p);
+      else out[relative(dir, p)] = new Uint8Array(readFileSync(p));
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+export function cosine(a, b) {
+  let d = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    d += a[i] * b[i];
+    na += a[i] * a[i];
+    nb += b[i] * b[i];
+  }
+  return d / Math.sqrt(na * nb);
 }

@@ -4,26 +4,13 @@
 // Usage: node heap-probe.mjs PACKAGE_DIR MODEL_DIR [FILE.gguf]; HEAP_TEXTS (a JSON array) are
 // embedded by an encoder; a decoder answers HEAP_PROMPT (chat, greedy, HEAP_MAX tokens).
 
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { filesOf } from "./harness.mjs";
 
 const [pkgDir, dir, gguf] = process.argv.slice(2);
 const tl = await import(pathToFileURL(join(pkgDir, "index.js")).href);
-
-/** Every file under `dir` as { relative/path: Uint8Array } (read before measuring). */
-function filesOf(d0) {
-  const out = {};
-  const walk = (d) => {
-    for (const name of readdirSync(d)) {
-      const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else out[relative(d0, p)] = new Uint8Array(readFileSync(p));
-    }
-  };
-  walk(d0);
-  return out;
-}
 
 const files = gguf ? { [gguf]: new Uint8Array(readFileSync(join(dir, gguf))) } : filesOf(dir);
 const weights = Object.entries(files).filter(([k]) => /\.(safetensors|gguf)$/.test(k)).reduce((n, [, v]) => n + v.byteLength, 0);

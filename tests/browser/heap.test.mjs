@@ -13,34 +13,15 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { openPage, packedPackage, repo } from "./harness.mjs";
+import { cosine, modelDir, openPage, packedPackage, repo } from "./harness.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
-const models = process.env.TASKLOOM_MODELS ?? join(repo, "target/models");
 const fixture = (name) => JSON.parse(readFileSync(join(repo, "tests/fixtures", name), "utf8"));
 const MiB = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-
-function modelDir(rel, t) {
-  const dir = join(models, rel);
-  if (existsSync(dir)) return dir;
-  if (process.env.TASKLOOM_REQUIRE_MODELS === "1") assert.fail(`${dir} is missing (run scripts/fetch-models.sh)`);
-  t.skip(`${dir} is missing (run scripts/fetch-models.sh)`);
-  return null;
-}
-
-function cosine(a, b) {
-  let d = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return d / Math.sqrt(na * nb);
-}
 
 function checkEmbeddings(got, want) {
   assert.equal(got.length, want.texts.length);

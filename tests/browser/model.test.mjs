@@ -4,50 +4,18 @@
 // TASKLOOM_REQUIRE_MODELS=1 (CI), where a missing model fails.
 
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, readdirSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { before, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { packedPackage, repo } from "./harness.mjs";
+import { cosine, filesOf, modelDir, packedPackage, repo } from "./harness.mjs";
 
 let tl;
 before(async () => {
   tl = await import(pathToFileURL(join(packedPackage(), "index.js")).href);
 });
 
-function modelDir(rel, t) {
-  const dir = join(process.env.TASKLOOM_MODELS ?? join(repo, "target/models"), rel);
-  if (existsSync(dir)) return dir;
-  if (process.env.TASKLOOM_REQUIRE_MODELS === "1") assert.fail(`${dir} is missing (run scripts/fetch-models.sh)`);
-  t.skip(`${dir} is missing (run scripts/fetch-models.sh)`);
-  return null;
-}
-
-/** Every file under `dir` as { relative/path: Uint8Array }. */
-function filesOf(dir) {
-  const out = {};
-  const walk = (d) => {
-    for (const name of readdirSync(d)) {
-      const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else out[relative(dir, p)] = new Uint8Array(readFileSync(p));
-    }
-  };
-  walk(dir);
-  return out;
-}
-
 const fixture = (name) => JSON.parse(readFileSync(join(repo, "tests/fixtures", name), "utf8"));
-
-function cosine(a, b) {
-  let d = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    d += a[i] * b[i];
-    na += a[i] * a[i];
-    nb += b[i] * b[i];
-  }
-  return d / Math.sqrt(na * nb);
-}
 
 test("node: MiniLM embeddings match sentence-transformers", async (t) => {
   const dir = modelDir("minilm", t);
