@@ -7,7 +7,9 @@
 // heap holds about one tensor × models, never whole checkpoints nor the merged model.
 
 import { mergeModels } from "./dist/taskloom_web.js";
-import { init, Model, TaskloomError } from "./index.js";
+import { TaskloomError } from "./errors.js";
+import { init } from "./wasm.js";
+import { Model } from "./model.js";
 
 const CODES = /^(BAD_INPUT|UNSUPPORTED|DEVICE|OUT_OF_MEMORY|IO|ABORTED|INTERNAL): ([\s\S]*)$/;
 const INDEX = "model.safetensors.index.json";

@@ -33,7 +33,7 @@ function pack() {
   const root = join(dir, "taskloom");
   mkdirSync(root);
   execFileSync("tar", ["-xzf", tgz, "-C", root, "--strip-components=1"]);
-  for (const f of ["index.js", "index.d.ts", "dist/taskloom_web.js", "dist/taskloom_web_bg.wasm"]) {
+  for (const f of ["index.js", "index.d.ts", "errors.js", "wasm.js", "device-loss.js", "runtime.js", "load.js", "cache.js", "model.js", "merge.js", "dist/taskloom_web.js", "dist/taskloom_web_bg.wasm"]) {
     if (!existsSync(join(root, f))) throw new Error(`npm pack of pkg/ lacks ${f}: run bash scripts/build-wasm.sh first`);
   }
   return root;
