@@ -167,11 +167,7 @@ impl Device {
     /// so a loaded weight is in memory once (not twice while it is being loaded).
     pub fn upload_weight_owned(&self, data: TensorData, name: &str) -> Result<Tensor> {
         match self {
-            Device::Cpu(_) => Ok(Tensor {
-                shape: *data.shape(),
-                dtype: data.dtype(),
-                storage: crate::tensor::Storage::Cpu(std::sync::Arc::new(data.into_data())),
-            }),
+            Device::Cpu(_) => Ok(crate::cpu::CpuBackend::upload_owned(data)),
             Device::Gpu(_) => self.upload_weight(&data, name),
         }
     }

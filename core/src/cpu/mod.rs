@@ -35,6 +35,11 @@ impl CpuBackend {
         CpuBackend {}
     }
 
+    /// `data` as a CPU tensor, kept as it is (no copy).
+    pub(crate) fn upload_owned(data: TensorData) -> Tensor {
+        Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Cpu(Arc::new(data.into_data())) }
+    }
+
     pub fn info(&self) -> DeviceInfo {
         DeviceInfo {
             kind: "cpu",
@@ -73,7 +78,7 @@ fn host(t: &Tensor) -> Result<&HostData> {
 
 impl Backend for CpuBackend {
     fn upload(&self, data: &TensorData) -> Result<Tensor> {
-        Ok(Tensor { shape: *data.shape(), dtype: data.dtype(), storage: Storage::Cpu(Arc::new(data.data().clone())) })
+        Ok(CpuBackend::upload_owned(data.clone()))
     }
 
     async fn download(&self, t: &Tensor) -> Result<TensorData> {

@@ -384,11 +384,7 @@ fn padded(bytes: u64) -> u64 {
 pub(crate) fn buffer(t: &Tensor) -> Result<&wgpu::Buffer> {
     match &t.storage {
         Storage::Gpu(GpuBuffer { mem: Mem::One(buf) }) => Ok(buf),
-        Storage::Gpu(GpuBuffer { mem: Mem::Split(s) }) => Err(Error::BufferTooLarge {
-            what: format!("'{}' (split into {} row blocks to fit one binding; this op cannot take a split tensor)", s.name, s.blocks.len()),
-            bytes: s.bytes,
-            limit: 0,
-        }),
+        Storage::Gpu(GpuBuffer { mem: Mem::Split(s) }) => Err(s.refused("this op", 0)),
         Storage::Cpu(_) => Err(Error::WrongDevice { wanted: "gpu", found: "cpu" }),
     }
 }
@@ -403,14 +399,9 @@ impl Backend for GpuBackend {
 
     async fn download(&self, t: &Tensor) -> Result<TensorData> {
         // (buffer, bytes) per block: one for a whole tensor.
-        let row_bytes = match split_of(t) {
-            Some(s) => s.row as u64 * t.dtype.size_in_bytes() as u64,
-            None => 0,
-        };
-        let parts: Vec<(&wgpu::Buffer, u64)> = match split_of(t) {
-            Some(s) => s.blocks.iter().map(|b| (&b.buf, b.rows as u64 * row_bytes)).collect(),
-            None => vec![(buffer(t)?, t.shape.numel() as u64 * t.dtype.size_in_bytes() as u64)],
-        };
+        let total = t.shape.numel() as u64 * t.dtype.size_in_bytes() as u64;
+        let rows = t.dims().first().map_or(1, |&r| r.max(1)) as u64;
+        let parts: Vec<(&wgpu::Buffer, u64)> = blocks(t)?.into_iter().map(|(buf, _, n)| (buf, n as u64 * total / rows)).collect();
         let dev = &self.inner.device;
         let mut enc = lock(&self.inner.encoder)
             .take()

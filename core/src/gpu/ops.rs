@@ -78,7 +78,7 @@ pub(super) fn encode(g: &GpuBackend, op: &Op, inputs: &[&Tensor], outs: &[Meta])
                 Some(t) if split_of(t).is_some() => {
                     let bb = blocks(t)?;
                     if bb.iter().map(|x| (x.1, x.2)).ne(weight.iter().map(|x| (x.1, x.2))) {
-                        return Err(g.split_error(split_of(t).expect("split"), "matmul (a bias split unlike its weight)"));
+                        return Err(split_of(t).expect("split").refused("matmul (a bias split unlike its weight)", g.max_binding_bytes()));
                     }
                     bb.into_iter().map(|x| (x.0, false)).collect()
                 }

@@ -167,12 +167,16 @@ impl GpuBackend {
         Ok(Tensor { shape: t.shape, dtype, storage: Storage::Gpu(GpuBuffer { mem: Mem::Split(Arc::new(split)) }) })
     }
 
-    /// The error for a split tensor given to an op that cannot take one.
-    pub(crate) fn split_error(&self, s: &Split, use_: &str) -> Error {
+}
+
+impl Split {
+    /// The error for this tensor given to `use_`, which cannot take a split tensor; `limit` is the
+    /// binding limit it was split for.
+    pub(crate) fn refused(&self, use_: &str, limit: u64) -> Error {
         Error::BufferTooLarge {
-            what: format!("'{}' (split into {} row blocks to fit one binding; {use_} cannot take a split tensor)", s.name, s.blocks.len()),
-            bytes: s.bytes,
-            limit: self.inner.max_binding,
+            what: format!("'{}' (split into {} row blocks to fit one binding; {use_} cannot take a split tensor)", self.name, self.blocks.len()),
+            bytes: self.bytes,
+            limit,
         }
     }
 }
@@ -195,7 +199,7 @@ pub(super) fn check_inputs(g: &GpuBackend, op: &Op, inputs: &[&Tensor]) -> Resul
         };
         let rows_kept = rank == 0 || t.dims()[1..].iter().product::<usize>() == s.row;
         if !ok || !rows_kept {
-            return Err(g.split_error(s, &format!("{} (input {i})", op.name())));
+            return Err(s.refused(&format!("{} (input {i})", op.name()), g.inner.max_binding));
         }
     }
     Ok(())

@@ -127,11 +127,6 @@ impl Linear {
         Ok(Linear { name: prefix.to_string(), w: weight, base: None, b, inp, out, lora: None })
     }
 
-    /// Row blocks the weight is stored as (1 unless it was split to fit the device).
-    pub fn blocks(&self, dev: &Device) -> usize {
-        dev.blocks(&self.w)
-    }
-
     /// `x [.., in]` → `[.., out]`; with `sel`, each row also gets its adapters' `Σ wᵢ·sᵢ·Bᵢ·(Aᵢ·x)`.
     pub fn forward(&self, dev: &Device, x: &Tensor, sel: Option<&crate::lora::runtime::RowSel>) -> Result<Tensor> {
         let op = Op::Matmul { trans_b: true };
